@@ -1,0 +1,33 @@
+//! Test harnesses shared by ollama-mesh's integration tests.
+//!
+//! # Layout
+//!
+//! * [`consul_dev`]: a real `consul agent -dev` on free loopback ports, stopped on drop.
+//! * [`fake_consul`]: a scripted HTTP server for what a real agent cannot do on demand
+//!   (an index going backwards, 429s, stalls, truncated bodies).
+//! * [`http`]: a minimal HTTP/1.1 GET used to probe servers without pulling in a client crate.
+
+pub mod consul_dev;
+pub mod fake_consul;
+pub mod http;
+
+pub use consul_dev::ConsulDev;
+pub use fake_consul::{FakeConsul, Reply, SeenRequest};
+
+use std::net::{SocketAddr, TcpListener};
+
+/// A loopback port that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr: SocketAddr| addr.port())
+        .expect("cannot bind a loopback port")
+}
+
+/// The workspace root, for scripts and binaries the tests use.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
+}
