@@ -7,24 +7,20 @@ use http::StatusCode;
 
 use super::*;
 
-type Script = Arc<Mutex<VecDeque<Result<QueryResponse<u32>, Error>>>>;
+type Answer = Result<QueryResponse<u32>, Error>;
+type Fetch = std::pin::Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// A fetch that answers from a script (then stalls forever) and records the options it got.
 fn scripted(
-    answers: Vec<Result<QueryResponse<u32>, Error>>,
+    answers: Vec<Answer>,
 ) -> (
     Arc<Mutex<Vec<QueryOptions>>>,
-    impl FnMut(
-            QueryOptions,
-        )
-            -> std::pin::Pin<Box<dyn Future<Output = Result<QueryResponse<u32>, Error>> + Send>>
-        + Send
-        + 'static,
+    impl FnMut(QueryOptions) -> Fetch + Send + 'static,
 ) {
-    let script: Script = Arc::new(Mutex::new(answers.into()));
+    let script: Arc<Mutex<VecDeque<Answer>>> = Arc::new(Mutex::new(answers.into()));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let recorded = seen.clone();
-    let fetch = move |options: QueryOptions| {
+    let fetch = move |options: QueryOptions| -> Fetch {
         recorded.lock().unwrap().push(options);
         let next = script.lock().unwrap().pop_front();
         Box::pin(async move {
@@ -32,12 +28,12 @@ fn scripted(
                 Some(answer) => answer,
                 None => std::future::pending().await,
             }
-        }) as std::pin::Pin<Box<dyn Future<Output = _> + Send>>
+        })
     };
     (seen, fetch)
 }
 
-fn ok(value: u32, index: u64) -> Result<QueryResponse<u32>, Error> {
+fn ok(value: u32, index: u64) -> Answer {
     Ok(QueryResponse {
         value,
         index,
@@ -46,7 +42,7 @@ fn ok(value: u32, index: u64) -> Result<QueryResponse<u32>, Error> {
     })
 }
 
-fn status_error(status: StatusCode) -> Result<QueryResponse<u32>, Error> {
+fn status_error(status: StatusCode) -> Answer {
     Err(Error::Status {
         status,
         method: http::Method::GET,
