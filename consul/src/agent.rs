@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{encode_component, Client, QueryOptions};
-use crate::health::CheckStatus;
+use crate::health::{CheckStatus, HealthCheck};
 use crate::Error;
 
 /// How much of the traffic an instance gets when passing and when warning. Consul's default is
@@ -210,6 +210,16 @@ impl Client {
     ) -> Result<(), Error> {
         let path = format!("/v1/agent/check/update/{}", encode_component(check_id));
         self.put_json(&path, &TtlUpdate { status, output }).await
+    }
+
+    /// Every check on the local agent, by check ID, as the agent sees it now. Unlike health
+    /// results (the catalog), this shows a check's latest output at once: the agent syncs
+    /// output-only changes to the catalog lazily (`check_update_interval`, 5 minutes by default).
+    pub async fn agent_checks(&self) -> Result<BTreeMap<String, HealthCheck>, Error> {
+        Ok(self
+            .get_json("/v1/agent/checks", &QueryOptions::default())
+            .await?
+            .value)
     }
 
     /// The service as the local agent knows it, or `None` if the agent does not have it (for

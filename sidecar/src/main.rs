@@ -1,0 +1,38 @@
+use anyhow::Context as _;
+use clap::Parser as _;
+use ollama_mesh_consul::ConsulSettings;
+use ollama_mesh_sidecar::config::{Args, LogFormat, SidecarConfig};
+use ollama_mesh_sidecar::notify::Notifier;
+use ollama_mesh_sidecar::Sidecar;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let config = SidecarConfig::from_args(&args, ConsulSettings::from_env())
+        .context("invalid configuration")?;
+    tracing::info!(config = %config.summary(), "starting ollama-mesh-sidecar {}", env!("CARGO_PKG_VERSION"));
+    let sidecar = Sidecar::new(config, Notifier::from_env())?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    // Nomad stops tasks with SIGINT by default, systemd with SIGTERM: both drain.
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM".to_owned(),
+            _ = interrupt.recv() => "SIGINT".to_owned(),
+        }
+    };
+    sidecar.run(shutdown).await?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,151 @@
+//! What the sidecar writes to Consul: the service definition with its checks and weights, and
+//! the heartbeat's status and one-line summary for the operator reading the Consul UI.
+
+use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration, Weights};
+use ollama_mesh_consul::contract::{self, ModelList, NodeMeta};
+use ollama_mesh_consul::health::CheckStatus;
+
+use crate::config::SidecarConfig;
+use crate::gpu::GpuInfo;
+use crate::ollama::OllamaState;
+
+/// What the sidecar knows about its node right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// The last good reading of Ollama (kept while Ollama is unreachable).
+    pub ollama: Option<OllamaState>,
+    /// Why the latest Ollama reading failed, if it did.
+    pub ollama_error: Option<String>,
+    /// The last good GPU reading.
+    pub gpu: Option<GpuInfo>,
+    /// Why the latest GPU probe failed, if it did.
+    pub gpu_error: Option<String>,
+}
+
+/// The heartbeat check's ID for an instance.
+pub fn heartbeat_check_id(config: &SidecarConfig) -> String {
+    format!("{}:heartbeat", config.instance_id)
+}
+
+/// The agent HTTP check's ID for an instance.
+pub fn ollama_check_id(config: &SidecarConfig) -> String {
+    format!("{}:ollama", config.instance_id)
+}
+
+/// The node's Meta as the contract defines it.
+pub fn node_meta(config: &SidecarConfig, observed: &Observation) -> NodeMeta {
+    let gpu = observed.gpu.clone().unwrap_or_default();
+    let ollama = observed.ollama.clone().unwrap_or_default();
+    NodeMeta {
+        gpu_name: gpu.name,
+        gpu_count: gpu.count,
+        gpu_vram_mib: gpu.vram_total_mib,
+        parallel_slots: config.parallel_slots,
+        models_on_disk: ModelList::new(ollama.models_on_disk),
+        models_loaded: ModelList::new(ollama.models_loaded.into_iter().map(|m| m.name)),
+        ollama_version: observed.ollama.as_ref().map(|o| o.version.clone()),
+        sidecar_version: env!("CARGO_PKG_VERSION").to_owned(),
+        preemptible: config.preemptible,
+    }
+}
+
+/// Weights: the configured one, or capacity (slots × GPUs, at least 1) while passing.
+pub fn weights(config: &SidecarConfig, meta: &NodeMeta) -> Weights {
+    let capacity = config.parallel_slots.saturating_mul(meta.gpu_count.max(1));
+    Weights {
+        passing: config.weight.unwrap_or(capacity.max(1)),
+        warning: config.warning_weight,
+    }
+}
+
+/// The full service definition.
+pub fn service(config: &SidecarConfig, meta: &NodeMeta) -> ServiceRegistration {
+    ServiceRegistration {
+        id: config.instance_id.to_string(),
+        name: config.service_name.clone(),
+        tags: vec![contract::MESH_TAG.to_owned()],
+        address: config.advertise_host.clone(),
+        port: config.advertise_port,
+        meta: meta.to_consul_meta(),
+        weights: weights(config, meta),
+        checks: vec![
+            CheckDefinition {
+                check_id: ollama_check_id(config),
+                name: "Ollama API".into(),
+                notes: format!(
+                    "The Consul agent polls Ollama's /api/version at {} every {:?}.",
+                    config.ollama_url, config.check_interval
+                ),
+                kind: CheckKind::Http {
+                    url: format!("{}/api/version", config.ollama_url),
+                    interval: config.check_interval,
+                    timeout: config.check_timeout,
+                },
+                status: None,
+                deregister_critical_after: None,
+            },
+            CheckDefinition {
+                check_id: heartbeat_check_id(config),
+                name: "ollama-mesh sidecar heartbeat".into(),
+                notes: "Passing while the sidecar reaches Ollama and its model and GPU data is \
+                        fresh; warning when GPU probing fails; critical when Ollama is unreachable \
+                        or the sidecar stopped reporting."
+                    .into(),
+                kind: CheckKind::Ttl {
+                    ttl: config.heartbeat_ttl,
+                },
+                // The first heartbeat follows the registration at once; start passing so a
+                // healthy node is routable without waiting for it.
+                status: Some(CheckStatus::Passing),
+                deregister_critical_after: Some(config.deregister_critical_after),
+            },
+        ],
+        connect: None,
+    }
+}
+
+/// The heartbeat's status and the one-line summary shown on the instance page, e.g.
+/// `ollama 0.17.4 · 2× NVIDIA GeForce RTX 4090 48 GiB · loaded: llama3.2:3b · 5 models on disk`.
+pub fn heartbeat(observed: &Observation) -> (CheckStatus, String) {
+    if let Some(error) = &observed.ollama_error {
+        return (
+            CheckStatus::Critical,
+            format!("Ollama unreachable: {error}"),
+        );
+    }
+    let Some(ollama) = &observed.ollama else {
+        return (CheckStatus::Critical, "Ollama not read yet".into());
+    };
+    let mut parts = vec![format!("ollama {}", ollama.version)];
+    match &observed.gpu {
+        Some(gpu) if gpu.count > 0 => parts.push(format!(
+            "{}× {} {} GiB",
+            gpu.count,
+            gpu.name.as_deref().unwrap_or("GPU"),
+            (gpu.vram_total_mib + 512) / 1024
+        )),
+        _ => parts.push("no GPU".into()),
+    }
+    let loaded: Vec<&str> = ollama
+        .models_loaded
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    parts.push(if loaded.is_empty() {
+        "nothing loaded".into()
+    } else {
+        format!("loaded: {}", loaded.join(", "))
+    });
+    parts.push(format!("{} models on disk", ollama.models_on_disk.len()));
+    let summary = parts.join(" · ");
+    match &observed.gpu_error {
+        Some(error) => (
+            CheckStatus::Warning,
+            format!("GPU probe failing ({error}) · {summary}"),
+        ),
+        None => (CheckStatus::Passing, summary),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+//! The sidecar's main loop: observe Ollama and the GPUs, keep the Consul registration true,
+//! follow the operator's drain key and the preemption notice, and drain on shutdown.
+//!
+//! It never exits because Consul or Ollama is down: it keeps observing, retries Consul with
+//! backoff, and logs once per change of state rather than once per failed attempt.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ollama_mesh_consul::contract::{kv as layout, NodeMeta};
+use ollama_mesh_consul::kv::KvPair;
+use ollama_mesh_consul::watch::{Watch, WatchConfig};
+use ollama_mesh_consul::{Client, Error as ConsulError};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::SidecarConfig;
+use crate::http_get::HttpGet;
+use crate::notify::Notifier;
+use crate::ollama::OllamaClient;
+use crate::registration::{self, Observation};
+use crate::{gpu, SidecarError};
+
+/// Backoff between registration attempts while Consul fails; capped low so a returning agent
+/// sees the node again within seconds.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A configured sidecar, ready to run.
+pub struct Sidecar {
+    config: SidecarConfig,
+    consul: Client,
+    ollama: OllamaClient,
+    notifier: Notifier,
+}
+
+/// The registration as the sidecar believes the agent holds it.
+struct Consul {
+    client: Client,
+    /// The Meta last registered, and when; `None` until registered (or after the agent lost it).
+    registered: Option<(NodeMeta, Instant)>,
+    /// The maintenance reason the operator's drain key asks for.
+    wanted_maintenance: Option<String>,
+    /// The maintenance reason the agent has.
+    applied_maintenance: Option<String>,
+    reachable: bool,
+    retry_at: Instant,
+    retry_delay: Duration,
+}
+
+impl Sidecar {
+    /// A sidecar for `config`, reporting to systemd through `notifier`.
+    pub fn new(config: SidecarConfig, notifier: Notifier) -> Result<Self, SidecarError> {
+        let consul = Client::new(&config.consul)?;
+        let ollama = OllamaClient::new(&config.ollama_url);
+        Ok(Self {
+            config,
+            consul,
+            ollama,
+            notifier,
+        })
+    }
+
+    /// Runs until `shutdown` resolves (with a reason for the maintenance note) or a preemption
+    /// notice arrives, then drains and deregisters.
+    pub async fn run(self, shutdown: impl Future<Output = String>) -> Result<(), SidecarError> {
+        let config = &self.config;
+        let drain_key = layout::drain_key(&config.instance_id);
+        let drain_watch = watch_key(self.consul.clone(), drain_key.clone());
+        let mut drain_updates = drain_watch.subscribe();
+        let preemption = preemption_notice(config.preemption_notice.clone());
+        tokio::pin!(shutdown, preemption);
+
+        let mut poll = tokio::time::interval(config.poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watchdog = tokio::time::interval(
+            self.notifier
+                .watchdog_interval()
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        let mut consul = Consul {
+            client: self.consul.clone(),
+            registered: None,
+            wanted_maintenance: None,
+            applied_maintenance: None,
+            reachable: true,
+            retry_at: Instant::now(),
+            retry_delay: RETRY_INITIAL,
+        };
+        let mut observed = Observation::default();
+        let mut next_gpu_probe = Instant::now();
+        let mut ready = false;
+
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    self.observe(&mut observed, &mut next_gpu_probe).await;
+                    consul.sync(config, &observed).await;
+                    if !ready && consul.registered.is_some() {
+                        self.notifier.ready();
+                        ready = true;
+                    }
+                }
+                Ok(()) = drain_updates.changed() => {
+                    let snapshot = drain_updates.borrow_and_update().clone();
+                    if let Some(pair) = snapshot {
+                        consul.wanted_maintenance = Option::as_ref(&pair).map(|pair| operator_drain_reason(&drain_key, pair));
+                        consul.apply_maintenance(config).await;
+                    }
+                }
+                reason = &mut shutdown => {
+                    return self.drain_and_leave(&mut consul, &reason).await;
+                }
+                () = &mut preemption => {
+                    return self.drain_and_leave(&mut consul, "preemption notice received").await;
+                }
+                _ = watchdog.tick() => self.notifier.watchdog(),
+            }
+        }
+    }
+
+    /// Reads Ollama every poll and the GPUs when due, keeping the last good readings.
+    async fn observe(&self, observed: &mut Observation, next_gpu_probe: &mut Instant) {
+        let (ollama, gpu) = tokio::join!(self.ollama.read_state(), async {
+            if Instant::now() < *next_gpu_probe {
+                return None;
+            }
+            *next_gpu_probe = Instant::now() + self.config.gpu_probe_interval;
+            Some(gpu::probe(&self.config.gpu_probe).await)
+        });
+        match ollama {
+            Ok(state) => {
+                if observed.ollama_error.take().is_some() {
+                    tracing::info!(ollama = %self.config.ollama_url, "Ollama is reachable again");
+                }
+                observed.ollama = Some(state);
+            }
+            Err(error) => {
+                if observed.ollama_error.is_none() {
+                    tracing::warn!(%error, "cannot read Ollama; heartbeat goes critical");
+                }
+                observed.ollama_error = Some(error.to_string());
+            }
+        }
+        match gpu {
+            None => {}
+            Some(Ok(info)) => {
+                if observed.gpu_error.take().is_some() {
+                    tracing::info!("GPU probe works again");
+                }
+                observed.gpu = Some(info);
+            }
+            Some(Err(error)) => {
+                if observed.gpu_error.is_none() {
+                    tracing::warn!(%error, "GPU probe failed; heartbeat goes to warning and keeps the last GPU facts");
+                }
+                observed.gpu_error = Some(error.to_string());
+            }
+        }
+    }
+
+    /// Maintenance on (routers stop sending new work), wait for running requests, deregister.
+    async fn drain_and_leave(&self, consul: &mut Consul, reason: &str) -> Result<(), SidecarError> {
+        let config = &self.config;
+        tracing::info!(reason, drain_timeout = ?config.drain_timeout, "draining");
+        self.notifier.stopping();
+        consul.wanted_maintenance = Some(format!("draining: {reason}"));
+        consul.apply_maintenance(config).await;
+        // Ollama does not report running requests, so the drain waits the configured period;
+        // routers stop sending new work as soon as they see the maintenance check.
+        tokio::time::sleep(config.drain_timeout).await;
+        match consul
+            .client
+            .deregister_service(config.instance_id.as_str())
+            .await
+        {
+            Ok(()) => tracing::info!(instance = %config.instance_id, "deregistered"),
+            Err(error) => {
+                tracing::warn!(%error, "could not deregister; Consul removes the instance once its heartbeat has been critical long enough")
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Consul {
+    /// Makes the agent's registration match what was observed: (re-)registers when it is
+    /// missing or its Meta changed (at most once per `meta_min_interval`), reports the
+    /// heartbeat, and applies the wanted maintenance state.
+    async fn sync(&mut self, config: &SidecarConfig, observed: &Observation) {
+        if Instant::now() < self.retry_at {
+            return;
+        }
+        let meta = registration::node_meta(config, observed);
+        let due = match &self.registered {
+            None => true,
+            Some((registered, at)) => {
+                *registered != meta && at.elapsed() >= config.meta_min_interval
+            }
+        };
+        if due && !self.register(config, meta.clone()).await {
+            return;
+        }
+        let (status, output) = registration::heartbeat(observed);
+        let heartbeat = registration::heartbeat_check_id(config);
+        match self
+            .client
+            .update_ttl_check(&heartbeat, status, &output)
+            .await
+        {
+            Ok(()) => self.succeeded(),
+            // The agent answered but does not know the check: it lost the registration
+            // (a restarted dev agent, a wiped data dir). Register again at once.
+            Err(error) if error.status().is_some() => {
+                tracing::warn!(%error, "the Consul agent lost this registration; registering again");
+                self.registered = None;
+                self.applied_maintenance = None;
+                if self.register(config, meta).await {
+                    if let Err(error) = self
+                        .client
+                        .update_ttl_check(&heartbeat, status, &output)
+                        .await
+                    {
+                        self.failed(error);
+                    }
+                }
+            }
+            Err(error) => self.failed(error),
+        }
+        self.apply_maintenance(config).await;
+    }
+
+    async fn register(&mut self, config: &SidecarConfig, meta: NodeMeta) -> bool {
+        let service = registration::service(config, &meta);
+        match self.client.register_service(&service).await {
+            Ok(()) => {
+                tracing::info!(
+                    instance = %config.instance_id,
+                    models_loaded = ?meta.models_loaded.names(),
+                    models_on_disk = meta.models_on_disk.total(),
+                    weight = service.weights.passing,
+                    "registered in Consul"
+                );
+                self.registered = Some((meta, Instant::now()));
+                self.succeeded();
+                true
+            }
+            Err(error) => {
+                self.failed(error);
+                false
+            }
+        }
+    }
+
+    /// Brings the agent's maintenance state to the wanted one.
+    async fn apply_maintenance(&mut self, config: &SidecarConfig) {
+        if self.registered.is_none() || self.wanted_maintenance == self.applied_maintenance {
+            return;
+        }
+        let id = config.instance_id.as_str();
+        let result = match &self.wanted_maintenance {
+            Some(reason) => self.client.set_service_maintenance(id, true, reason).await,
+            None => self.client.set_service_maintenance(id, false, "").await,
+        };
+        match result {
+            Ok(()) => {
+                match &self.wanted_maintenance {
+                    Some(reason) => {
+                        tracing::info!(reason, "maintenance on: routers send no new work")
+                    }
+                    None => tracing::info!("maintenance off: back in service"),
+                }
+                self.applied_maintenance = self.wanted_maintenance.clone();
+            }
+            Err(error) => self.failed(error),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if !self.reachable {
+            tracing::info!(consul = %self.client.address(), "Consul is reachable again");
+            self.reachable = true;
+        }
+        self.retry_delay = RETRY_INITIAL;
+    }
+
+    fn failed(&mut self, error: ConsulError) {
+        if self.reachable {
+            tracing::warn!(%error, "Consul request failed; retrying with backoff");
+            self.reachable = false;
+        } else {
+            tracing::debug!(%error, "Consul still failing");
+        }
+        self.retry_at = Instant::now() + self.retry_delay;
+        self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// The maintenance note for an operator's drain key.
+fn operator_drain_reason(key: &str, pair: &KvPair) -> String {
+    let reason = pair.value_str().map(str::trim).unwrap_or_default();
+    if reason.is_empty() {
+        format!("drained by an operator ({key})")
+    } else {
+        format!("drained by an operator ({key}): {reason}")
+    }
+}
+
+/// Follows one KV key: `Some(None)` once it is known to be absent.
+fn watch_key(client: Client, key: String) -> Watch<Option<KvPair>> {
+    let config = WatchConfig {
+        wait: Duration::from_secs(60),
+        ..WatchConfig::default()
+    };
+    Watch::spawn(format!("kv/{key}"), config, move |options| {
+        let client = client.clone();
+        let key = key.clone();
+        async move { client.kv_get(&key, &options).await }
+    })
+}
+
+/// Resolves when the cloud's metadata endpoint announces preemption (answers 200); never when
+/// no URL is configured.
+async fn preemption_notice(notice: Option<(String, Duration)>) {
+    let Some((url, interval)) = notice else {
+        return std::future::pending().await;
+    };
+    let http = HttpGet::new(interval.max(Duration::from_secs(1)));
+    let mut failing = false;
+    loop {
+        match http.get(&url).await {
+            Ok((status, _)) if status.is_success() => {
+                tracing::warn!(%url, "preemption notice received");
+                return;
+            }
+            Ok(_) => failing = false,
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%url, %error, "cannot read the preemption notice URL");
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

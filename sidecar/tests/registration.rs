@@ -1,0 +1,537 @@
+//! The sidecar against a real `consul agent -dev` and simulated (or real) Ollama nodes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use ollama_mesh_consul::contract::{routing_state, NodeMeta, RoutingState};
+use ollama_mesh_consul::health::{CheckStatus, ServiceEntry};
+use ollama_mesh_consul::kv::WriteCondition;
+use ollama_mesh_consul::{Client, ConsulSettings, QueryOptions};
+use ollama_mesh_sidecar::config::{Args, SidecarConfig};
+use ollama_mesh_sidecar::notify::Notifier;
+use ollama_mesh_sidecar::{Sidecar, SidecarError};
+use ollama_mesh_sim::{NodeSpec, Simulator};
+use ollama_mesh_test_support::ConsulDev;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const ID: &str = "ollama-test-node-1";
+
+/// A simulated Ollama node served in-process; stopped on drop.
+struct SimNode {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl SimNode {
+    async fn start(models: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), models).await
+    }
+
+    async fn start_on(addr: SocketAddr, models: &[&str]) -> Self {
+        let config = NodeSpec::default()
+            .models(models.iter().copied())
+            .time_scale(0.0)
+            .build()
+            .unwrap();
+        let sim = Simulator::new(config);
+        let listener = TcpListener::bind(addr).await.expect("bind simulator");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = sim
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(mut self) -> SocketAddr {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = (&mut self.task).await;
+        self.addr
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A script standing in for nvidia-smi.
+fn fake_nvidia_smi(name: &str, body: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "ollama-mesh-nvidia-smi-{}-{name}",
+        std::process::id()
+    ));
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn two_rtx_4090() -> PathBuf {
+    fake_nvidia_smi(
+        "2x4090",
+        "echo 'NVIDIA GeForce RTX 4090, 24564, 0, 0'; echo 'NVIDIA GeForce RTX 4090, 24564, 0, 0'",
+    )
+}
+
+fn args(consul: &str, ollama: &str, nvidia_smi: &PathBuf, extra: &[&str]) -> Args {
+    let mut argv = vec![
+        "ollama-mesh-sidecar".to_owned(),
+        format!("--consul-addr={consul}"),
+        format!("--ollama-url={ollama}"),
+        format!("--instance-id={ID}"),
+        format!("--nvidia-smi={}", nvidia_smi.display()),
+        "--parallel-slots=4".into(),
+        "--poll-interval=200ms".into(),
+        "--meta-min-interval=0s".into(),
+        "--check-interval=1s".into(),
+        "--heartbeat-ttl=5s".into(),
+        "--drain-timeout=1s".into(),
+        "--gpu-probe-interval=200ms".into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    Args::try_parse_from(argv).expect("valid flags")
+}
+
+/// A running sidecar; `shutdown` drains it.
+struct Running {
+    shutdown: Option<oneshot::Sender<String>>,
+    task: JoinHandle<Result<(), SidecarError>>,
+}
+
+impl Running {
+    fn start(args: &Args) -> Self {
+        let config =
+            SidecarConfig::from_args(args, ConsulSettings::default()).expect("valid config");
+        let sidecar = Sidecar::new(config, Notifier::default()).unwrap();
+        let (shutdown, signal) = oneshot::channel::<String>();
+        let task = tokio::spawn(sidecar.run(async move { signal.await.unwrap_or_default() }));
+        Self {
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    async fn shutdown(mut self) -> Result<(), SidecarError> {
+        self.shutdown
+            .take()
+            .unwrap()
+            .send("test shutdown".into())
+            .unwrap();
+        (&mut self.task).await.unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn client(consul: &ConsulDev) -> Client {
+    let settings = ConsulSettings {
+        http_addr: Some(consul.http_url()),
+        ..ConsulSettings::default()
+    };
+    Client::new(&settings.validate().unwrap()).unwrap()
+}
+
+async fn entry(client: &Client) -> Option<ServiceEntry> {
+    let entries = client
+        .health_service("ollama", &QueryOptions::default())
+        .await
+        .ok()?
+        .value;
+    entries.into_iter().find(|e| e.service.id == ID)
+}
+
+/// Polls Consul until `ready` holds for the instance's entry (or its absence); returns the time taken.
+async fn until(
+    client: &Client,
+    limit: Duration,
+    ready: impl Fn(Option<&ServiceEntry>) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let current = entry(client).await;
+        if ready(current.as_ref()) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not reached within {limit:?}; entry: {current:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn state(entry: Option<&ServiceEntry>) -> Option<RoutingState> {
+    entry.map(|e| routing_state(&e.checks, e.service.weights, None))
+}
+
+fn all_passing(entry: Option<&ServiceEntry>) -> bool {
+    entry.is_some_and(|e| e.checks.iter().all(|c| c.status == CheckStatus::Passing))
+}
+
+fn meta(entry: &ServiceEntry) -> NodeMeta {
+    let meta: HashMap<String, String> = entry.service.meta.clone().into_iter().collect();
+    NodeMeta::from_consul_meta(&meta).unwrap()
+}
+
+/// The heartbeat's status and output as the agent has them now (the catalog syncs output lazily).
+async fn heartbeat_output(client: &Client) -> String {
+    let checks = client.agent_checks().await.unwrap();
+    checks
+        .get(&format!("{ID}:heartbeat"))
+        .map(|c| format!("{:?}: {}", c.status, c.output))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn registers_with_gpu_meta_models_and_passing_checks() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b", "qwen2.5:7b", "nomic-embed-text"]).await;
+    let _sidecar = Running::start(&args(
+        &consul.http_url(),
+        &node.url(),
+        &two_rtx_4090(),
+        &["--preemptible"],
+    ));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), all_passing).await;
+
+    let entry = entry(&client).await.unwrap();
+    assert_eq!(entry.service.tags, ["ollama-mesh"]);
+    assert_eq!(entry.service.port, node.addr.port());
+    assert_eq!(entry.address(), "127.0.0.1");
+    let meta = meta(&entry);
+    assert_eq!(meta.gpu_name.as_deref(), Some("NVIDIA GeForce RTX 4090"));
+    assert_eq!(
+        (meta.gpu_count, meta.gpu_vram_mib, meta.parallel_slots),
+        (2, 49_128, 4)
+    );
+    for model in ["llama3.2:3b", "qwen2.5:7b", "nomic-embed-text:latest"] {
+        assert!(
+            meta.models_on_disk.contains(model),
+            "{model} missing from {:?}",
+            meta.models_on_disk
+        );
+    }
+    assert!(meta.models_loaded.names().is_empty());
+    assert!(meta.preemptible);
+    assert!(meta.ollama_version.is_some());
+    // Capacity weight: 4 slots × 2 GPUs.
+    assert_eq!(
+        state(Some(&entry)),
+        Some(RoutingState::Active {
+            weight: 8,
+            degraded: false
+        })
+    );
+    let output = heartbeat_output(&client).await;
+    assert!(
+        output.contains("2× NVIDIA GeForce RTX 4090 48 GiB"),
+        "{output}"
+    );
+    assert!(
+        entry
+            .checks
+            .iter()
+            .all(|c| c.service_id.is_empty() || !c.notes.is_empty()),
+        "every check says what it watches"
+    );
+}
+
+#[tokio::test]
+async fn loaded_models_reach_consul_within_a_poll_and_quiet_polls_write_nothing() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b", "qwen2.5:7b"]).await;
+    let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), all_passing).await;
+
+    // Nothing changes: a dozen polls must not touch the catalog.
+    let before = client
+        .health_service("ollama", &QueryOptions::default())
+        .await
+        .unwrap()
+        .index;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let after = client
+        .health_service("ollama", &QueryOptions::default())
+        .await
+        .unwrap()
+        .index;
+    assert_eq!(before, after, "unchanged polls caused a Consul write");
+
+    // Preload a model, as a client's first request would.
+    let status = reqwest_free_post(
+        node.addr,
+        "/api/generate",
+        r#"{"model":"llama3.2:3b","stream":false}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let took = until(&client, Duration::from_secs(5), |e| {
+        e.is_some_and(|e| meta(e).models_loaded.contains("llama3.2:3b"))
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(1),
+        "loaded model took {took:?} to reach Consul"
+    );
+}
+
+/// A minimal POST with a JSON body; returns the status.
+async fn reqwest_free_post(addr: SocketAddr, path: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn ollama_going_away_takes_the_node_out_and_its_return_brings_it_back() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let url = node.url();
+    let _sidecar = Running::start(&args(&consul.http_url(), &url, &two_rtx_4090(), &[]));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), all_passing).await;
+
+    let addr = node.stop().await;
+    until(&client, Duration::from_secs(5), |e| {
+        matches!(state(e), Some(RoutingState::Out { .. }))
+    })
+    .await;
+    let output = heartbeat_output(&client).await;
+    assert!(output.contains("Ollama unreachable"), "{output}");
+
+    let _node = SimNode::start_on(addr, &["llama3.2:3b"]).await;
+    until(&client, Duration::from_secs(10), all_passing).await;
+}
+
+#[tokio::test]
+async fn re_registers_after_the_agent_forgets_it() {
+    let mut consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), |e| e.is_some()).await;
+
+    consul.restart().await;
+    let took = until(&client, Duration::from_secs(15), |e| e.is_some()).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "re-registration took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn starts_without_consul_and_registers_when_it_appears() {
+    let mut consul = ConsulDev::start().await;
+    consul.kill();
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !sidecar.task.is_finished(),
+        "the sidecar must keep trying, not exit"
+    );
+
+    consul.restart().await;
+    until(&client(&consul), Duration::from_secs(15), |e| e.is_some()).await;
+}
+
+#[tokio::test]
+async fn the_drain_key_toggles_maintenance_within_a_second() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), all_passing).await;
+
+    let key = format!("ollama-mesh/drain/{ID}");
+    client
+        .kv_put(&key, "replacing a fan", WriteCondition::Always)
+        .await
+        .unwrap();
+    let took = until(&client, Duration::from_secs(5), |e| {
+        matches!(state(e), Some(RoutingState::Draining { reason }) if reason.contains("replacing a fan"))
+    })
+    .await;
+    assert!(took < Duration::from_secs(1), "drain took {took:?}");
+
+    client.kv_delete(&key).await.unwrap();
+    let took = until(&client, Duration::from_secs(5), |e| {
+        matches!(state(e), Some(RoutingState::Active { .. }))
+    })
+    .await;
+    assert!(took < Duration::from_secs(1), "undrain took {took:?}");
+}
+
+#[tokio::test]
+async fn shutdown_drains_first_and_deregisters_after_the_drain_period() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let sidecar = Running::start(&args(
+        &consul.http_url(),
+        &node.url(),
+        &two_rtx_4090(),
+        &["--drain-timeout=2s"],
+    ));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), all_passing).await;
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(sidecar.shutdown());
+    until(&client, Duration::from_secs(1), |e| {
+        matches!(state(e), Some(RoutingState::Draining { .. }))
+    })
+    .await;
+    assert!(
+        entry(&client).await.is_some(),
+        "still registered while draining"
+    );
+    until(&client, Duration::from_secs(5), |e| e.is_none()).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "deregistered before the drain period ended"
+    );
+    stopping.await.unwrap().expect("clean exit");
+}
+
+#[tokio::test]
+async fn gpu_probe_junk_or_hang_warns_but_keeps_serving() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let junk = fake_nvidia_smi("junk", "echo 'this is not csv'");
+    let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &junk, &[]));
+    let client = client(&consul);
+    let took = until(&client, Duration::from_secs(10), |e| {
+        state(e)
+            == Some(RoutingState::Active {
+                weight: 1,
+                degraded: true,
+            })
+    })
+    .await;
+    assert!(took < Duration::from_secs(10));
+    let output = heartbeat_output(&client).await;
+    assert!(
+        output.contains("GPU probe failing") && output.contains("this is not csv"),
+        "{output}"
+    );
+    drop(_sidecar);
+
+    let hang = fake_nvidia_smi("hang", "sleep 30");
+    let consul = ConsulDev::start().await;
+    let _sidecar = Running::start(&args(
+        &consul.http_url(),
+        &node.url(),
+        &hang,
+        &["--gpu-probe-timeout=300ms"],
+    ));
+    let client = self::client(&consul);
+    until(&client, Duration::from_secs(10), |e| {
+        matches!(state(e), Some(RoutingState::Active { degraded: true, .. }))
+    })
+    .await;
+    let output = heartbeat_output(&client).await;
+    assert!(output.contains("did not finish within"), "{output}");
+}
+
+#[tokio::test]
+async fn an_ollama_answering_garbage_is_critical_with_a_clear_reason() {
+    let consul = ConsulDev::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\n<html>hi!",
+                )
+                .await;
+        }
+    });
+    let _sidecar = Running::start(&args(
+        &consul.http_url(),
+        &format!("http://{addr}"),
+        &two_rtx_4090(),
+        &[],
+    ));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), |e| {
+        matches!(state(e), Some(RoutingState::Out { .. }))
+    })
+    .await;
+    let output = heartbeat_output(&client).await;
+    assert!(output.contains("not what its API returns"), "{output}");
+}
+
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_zero() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ollama-mesh-sidecar"))
+        .args([
+            "--instance-id",
+            ID,
+            "--gpu-probe",
+            "none",
+            "--poll-interval",
+            "200ms",
+        ])
+        .args(["--drain-timeout", "1s", "--check-interval", "1s"])
+        .args(["--ollama-url", &node.url()])
+        .env("CONSUL_HTTP_ADDR", consul.http_url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), all_passing).await;
+
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    until(&client, Duration::from_secs(1), |e| matches!(state(e), Some(RoutingState::Draining { reason }) if reason.contains("SIGTERM"))).await;
+    until(&client, Duration::from_secs(5), |e| e.is_none()).await;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
