@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
@@ -93,7 +95,7 @@ fn two_rtx_4090() -> PathBuf {
     )
 }
 
-fn args(consul: &str, ollama: &str, nvidia_smi: &PathBuf, extra: &[&str]) -> Args {
+fn args(consul: &str, ollama: &str, nvidia_smi: &Path, extra: &[&str]) -> Args {
     let mut argv = vec![
         "ollama-mesh-sidecar".to_owned(),
         format!("--consul-addr={consul}"),
@@ -137,6 +139,11 @@ impl Running {
             .unwrap()
             .send("test shutdown".into())
             .unwrap();
+        (&mut self.task).await.unwrap()
+    }
+
+    /// Waits for the sidecar to stop by itself.
+    async fn finished(mut self) -> Result<(), SidecarError> {
         (&mut self.task).await.unwrap()
     }
 }
@@ -499,9 +506,70 @@ async fn an_ollama_answering_garbage_is_critical_with_a_clear_reason() {
 }
 
 #[tokio::test]
-async fn the_binary_drains_on_sigterm_and_exits_zero() {
+async fn a_preemption_notice_drains_and_deregisters() {
     let consul = ConsulDev::start().await;
     let node = SimNode::start(&["llama3.2:3b"]).await;
+    // A metadata endpoint that answers 404 until the cloud decides to take the node.
+    let notice = Arc::new(AtomicBool::new(false));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let notice_url = format!(
+        "http://{}/latest/meta-data/spot/instance-action",
+        listener.local_addr().unwrap()
+    );
+    let flag = notice.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let reply: &[u8] = if flag.load(Ordering::SeqCst) {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            let _ = stream.write_all(reply).await;
+        }
+    });
+    let sidecar = Running::start(&args(
+        &consul.http_url(),
+        &node.url(),
+        &two_rtx_4090(),
+        &[
+            &format!("--preemption-notice-url={notice_url}"),
+            "--preemption-poll-interval=200ms",
+        ],
+    ));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(10), all_passing).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        matches!(
+            state(entry(&client).await.as_ref()),
+            Some(RoutingState::Active { .. })
+        ),
+        "404 is no notice"
+    );
+
+    notice.store(true, Ordering::SeqCst);
+    until(&client, Duration::from_secs(2), |e| {
+        matches!(state(e), Some(RoutingState::Draining { reason }) if reason.contains("preemption"))
+    })
+    .await;
+    until(&client, Duration::from_secs(5), |e| e.is_none()).await;
+    tokio::time::timeout(Duration::from_secs(5), sidecar.finished())
+        .await
+        .expect("the sidecar exits")
+        .expect("cleanly");
+}
+
+#[tokio::test]
+async fn the_binary_notifies_systemd_drains_on_sigterm_and_exits_zero() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let socket_path =
+        std::env::temp_dir().join(format!("ollama-mesh-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket_path);
+    let notify = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ollama-mesh-sidecar"))
         .args([
             "--instance-id",
@@ -514,12 +582,24 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         .args(["--drain-timeout", "1s", "--check-interval", "1s"])
         .args(["--ollama-url", &node.url()])
         .env("CONSUL_HTTP_ADDR", consul.http_url())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let client = client(&consul);
     until(&client, Duration::from_secs(10), all_passing).await;
+
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 256];
+    while !messages.iter().any(|m| m == "READY=1") || !messages.iter().any(|m| m == "WATCHDOG=1") {
+        let n = tokio::time::timeout(Duration::from_secs(5), notify.recv(&mut buf))
+            .await
+            .expect("sd_notify message")
+            .unwrap();
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
 
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
@@ -528,10 +608,80 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         .unwrap()
         .success());
     until(&client, Duration::from_secs(1), |e| matches!(state(e), Some(RoutingState::Draining { reason }) if reason.contains("SIGTERM"))).await;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), notify.recv(&mut buf))
+            .await
+            .expect("STOPPING=1")
+            .unwrap();
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
     until(&client, Duration::from_secs(5), |e| e.is_none()).await;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status}");
+    let _ = std::fs::remove_file(&socket_path);
+}
+
+/// The same registration against a real Ollama with the tiny model (`scripts/test` provides it
+/// through `OLLAMA_BIN` and `OLLAMA_MESH_TEST_MODELS`; elsewhere the test says it was skipped).
+#[tokio::test]
+async fn registers_and_drains_a_real_ollama() {
+    let (Some(ollama), Some(models)) = (
+        std::env::var_os("OLLAMA_BIN"),
+        std::env::var_os("OLLAMA_MESH_TEST_MODELS"),
+    ) else {
+        assert!(
+            std::env::var_os("OLLAMA_MESH_REQUIRE_REAL_OLLAMA").is_none(),
+            "OLLAMA_BIN and OLLAMA_MESH_TEST_MODELS must be set when OLLAMA_MESH_REQUIRE_REAL_OLLAMA is"
+        );
+        eprintln!("skipped: set OLLAMA_BIN and OLLAMA_MESH_TEST_MODELS (scripts/test does) to run against a real Ollama");
+        return;
+    };
+    let consul = ConsulDev::start().await;
+    let port = ollama_mesh_test_support::free_port();
+    let mut server = tokio::process::Command::new(ollama)
+        .arg("serve")
+        .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
+        .env("OLLAMA_MODELS", models)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let sidecar = Running::start(&args(
+        &consul.http_url(),
+        &url,
+        &two_rtx_4090(),
+        &["--gpu-probe=none"],
+    ));
+    let client = client(&consul);
+    until(&client, Duration::from_secs(30), all_passing).await;
+    let entry = entry(&client).await.unwrap();
+    let meta = meta(&entry);
+    assert!(
+        meta.models_on_disk.contains("tiny"),
+        "{:?}",
+        meta.models_on_disk
+    );
+    assert!(
+        meta.ollama_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("0.")),
+        "{:?}",
+        meta.ollama_version
+    );
+
+    let stopping = tokio::spawn(sidecar.shutdown());
+    until(&client, Duration::from_secs(1), |e| {
+        matches!(state(e), Some(RoutingState::Draining { .. }))
+    })
+    .await;
+    until(&client, Duration::from_secs(5), |e| e.is_none()).await;
+    stopping.await.unwrap().expect("clean exit");
+    server.kill().await.unwrap();
 }

@@ -1,1 +1,113 @@
+use clap::Parser as _;
+use ollama_mesh_consul::ConsulSettings;
 
+use super::*;
+use crate::config::Args;
+use crate::ollama::LoadedModel;
+
+fn config(extra: &[&str]) -> SidecarConfig {
+    let mut argv = vec![
+        "ollama-mesh-sidecar",
+        "--instance-id",
+        "gpu-a",
+        "--parallel-slots",
+        "4",
+    ];
+    argv.extend_from_slice(extra);
+    SidecarConfig::from_args(
+        &Args::try_parse_from(argv).unwrap(),
+        ConsulSettings::default(),
+    )
+    .unwrap()
+}
+
+fn healthy() -> Observation {
+    Observation {
+        ollama: Some(OllamaState {
+            version: "0.17.4".into(),
+            models_on_disk: vec!["llama3.2:3b".into(), "qwen2.5:7b".into()],
+            models_loaded: vec![LoadedModel {
+                name: "llama3.2:3b".into(),
+                size_vram: 3 << 30,
+            }],
+        }),
+        gpu: Some(GpuInfo {
+            name: Some("NVIDIA GeForce RTX 4090".into()),
+            count: 2,
+            vram_total_mib: 49_128,
+        }),
+        ..Observation::default()
+    }
+}
+
+#[test]
+fn the_summary_reads_like_a_sentence_for_operators() {
+    let (status, output) = heartbeat(&healthy());
+    assert_eq!(status, CheckStatus::Passing);
+    assert_eq!(
+        output,
+        "ollama 0.17.4 · 2× NVIDIA GeForce RTX 4090 48 GiB · loaded: llama3.2:3b · 2 models on disk"
+    );
+}
+
+#[test]
+fn gpu_trouble_warns_and_ollama_trouble_is_critical() {
+    let mut observed = healthy();
+    observed.gpu_error = Some("nvidia-smi did not finish within 10s".into());
+    let (status, output) = heartbeat(&observed);
+    assert_eq!(status, CheckStatus::Warning);
+    assert!(
+        output.starts_with(
+            "GPU probe failing (nvidia-smi did not finish within 10s) · ollama 0.17.4"
+        ),
+        "{output}"
+    );
+
+    observed.ollama_error = Some("connection refused".into());
+    let (status, output) = heartbeat(&observed);
+    assert_eq!(status, CheckStatus::Critical);
+    assert_eq!(output, "Ollama unreachable: connection refused");
+    assert_eq!(heartbeat(&Observation::default()).0, CheckStatus::Critical);
+}
+
+#[test]
+fn weight_is_capacity_unless_set() {
+    let config = config(&[]);
+    let meta = node_meta(&config, &healthy());
+    assert_eq!(
+        weights(&config, &meta),
+        Weights {
+            passing: 8,
+            warning: 1
+        }
+    );
+    let cpu = node_meta(&config, &Observation::default());
+    assert_eq!(weights(&config, &cpu).passing, 4, "no GPU counts as one");
+    let fixed = self::config(&["--weight", "3", "--warning-weight", "0"]);
+    assert_eq!(
+        weights(&fixed, &meta),
+        Weights {
+            passing: 3,
+            warning: 0
+        }
+    );
+}
+
+#[test]
+fn the_service_definition_carries_both_checks_and_the_contract() {
+    let config = config(&["--ollama-url", "http://127.0.0.1:11434"]);
+    let service = service(&config, &node_meta(&config, &healthy()));
+    assert_eq!(service.id, "gpu-a");
+    assert_eq!(service.tags, ["ollama-mesh"]);
+    assert_eq!(service.meta["models_loaded"], "llama3.2:3b");
+    assert_eq!(service.checks.len(), 2);
+    let http = &service.checks[0];
+    assert!(
+        matches!(&http.kind, CheckKind::Http { url, .. } if url == "http://127.0.0.1:11434/api/version")
+    );
+    let ttl = &service.checks[1];
+    assert_eq!(ttl.check_id, "gpu-a:heartbeat");
+    assert_eq!(ttl.status, Some(CheckStatus::Passing));
+    assert!(ttl.deregister_critical_after.is_some());
+    assert!(service.checks.iter().all(|c| !c.notes.is_empty()));
+}
