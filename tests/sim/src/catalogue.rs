@@ -1,0 +1,213 @@
+//! What the simulator knows about models: a built-in catalogue of common Ollama models with
+//! realistic sizes and RTX 4090 speeds, and an estimate for any other `name:tag`.
+//!
+//! Speeds come from llama.cpp measurements on one RTX 4090 (see `ollama-api.md`, "Parameters for
+//! the simulator"), sizes from the Ollama library. Unknown names are estimated from a size hint in
+//! the tag (`7b`, `70b`, `1.5b`, `135m`); a name without one (such as the conformance tests'
+//! `tiny`) is a tiny generative model that answers in microseconds, like the random-weight model
+//! the real-Ollama tests use.
+
+use crate::names;
+
+/// The properties of one model that the API reports and the scheduler simulates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// `details.family`, also the architecture prefix of `model_info` keys.
+    pub family: String,
+    /// `details.parameter_size`, e.g. `8.0B`.
+    pub parameter_size: String,
+    /// `details.quantization_level`, e.g. `Q4_K_M`.
+    pub quantization: String,
+    /// Weights on disk, in bytes.
+    pub size_bytes: u64,
+    /// Prompt processing speed on the reference GPU, tokens per second.
+    pub prefill_tps: f64,
+    /// Generation speed of a single stream on the reference GPU, tokens per second.
+    pub decode_tps: f64,
+    /// Embedding-only models refuse chat and generate (400 `does not support …`).
+    pub embedding_only: bool,
+    /// Training context length; caps the default `num_ctx`.
+    pub context_length: u32,
+    /// Length of the vectors `/api/embed` returns.
+    pub embedding_length: u32,
+    /// KV-cache bytes per token of context, which together with `num_ctx × num_parallel`
+    /// decides how much VRAM a loaded model takes.
+    pub kv_bytes_per_token: u64,
+}
+
+struct Entry {
+    name: &'static str,
+    family: &'static str,
+    parameter_size: &'static str,
+    quantization: &'static str,
+    size_bytes: u64,
+    prefill_tps: f64,
+    decode_tps: f64,
+    embedding_only: bool,
+    context_length: u32,
+    embedding_length: u32,
+    kv_bytes_per_token: u64,
+}
+
+const KIB: u64 = 1024;
+
+#[rustfmt::skip]
+const BUILT_IN: &[Entry] = &[
+    Entry { name: "llama3.2:1b", family: "llama", parameter_size: "1.2B", quantization: "Q8_0", size_bytes: 1_321_098_329, prefill_tps: 20_000.0, decode_tps: 280.0, embedding_only: false, context_length: 131_072, embedding_length: 2048, kv_bytes_per_token: 32 * KIB },
+    Entry { name: "llama3.2:3b", family: "llama", parameter_size: "3.2B", quantization: "Q4_K_M", size_bytes: 2_019_393_189, prefill_tps: 12_000.0, decode_tps: 200.0, embedding_only: false, context_length: 131_072, embedding_length: 3072, kv_bytes_per_token: 112 * KIB },
+    Entry { name: "llama3.1:8b", family: "llama", parameter_size: "8.0B", quantization: "Q4_K_M", size_bytes: 4_920_753_328, prefill_tps: 5_000.0, decode_tps: 130.0, embedding_only: false, context_length: 131_072, embedding_length: 4096, kv_bytes_per_token: 128 * KIB },
+    Entry { name: "qwen2.5:7b", family: "qwen2", parameter_size: "7.6B", quantization: "Q4_K_M", size_bytes: 4_683_087_332, prefill_tps: 5_200.0, decode_tps: 135.0, embedding_only: false, context_length: 32_768, embedding_length: 3584, kv_bytes_per_token: 56 * KIB },
+    Entry { name: "qwen2.5:14b", family: "qwen2", parameter_size: "14.8B", quantization: "Q4_K_M", size_bytes: 8_988_124_069, prefill_tps: 2_800.0, decode_tps: 75.0, embedding_only: false, context_length: 32_768, embedding_length: 5120, kv_bytes_per_token: 192 * KIB },
+    Entry { name: "mistral:7b", family: "llama", parameter_size: "7.2B", quantization: "Q4_0", size_bytes: 4_113_301_824, prefill_tps: 5_500.0, decode_tps: 140.0, embedding_only: false, context_length: 32_768, embedding_length: 4096, kv_bytes_per_token: 128 * KIB },
+    Entry { name: "gemma2:9b", family: "gemma2", parameter_size: "9.2B", quantization: "Q4_0", size_bytes: 5_443_152_417, prefill_tps: 4_200.0, decode_tps: 105.0, embedding_only: false, context_length: 8_192, embedding_length: 3584, kv_bytes_per_token: 336 * KIB },
+    Entry { name: "deepseek-r1:14b", family: "qwen2", parameter_size: "14.8B", quantization: "Q4_K_M", size_bytes: 8_988_112_040, prefill_tps: 2_800.0, decode_tps: 72.0, embedding_only: false, context_length: 131_072, embedding_length: 5120, kv_bytes_per_token: 192 * KIB },
+    Entry { name: "nomic-embed-text:v1.5", family: "nomic-bert", parameter_size: "137M", quantization: "F16", size_bytes: 274_302_450, prefill_tps: 30_000.0, decode_tps: 1.0, embedding_only: true, context_length: 2_048, embedding_length: 768, kv_bytes_per_token: KIB },
+    Entry { name: "mxbai-embed-large:335m", family: "bert", parameter_size: "334M", quantization: "F16", size_bytes: 669_615_493, prefill_tps: 20_000.0, decode_tps: 1.0, embedding_only: true, context_length: 512, embedding_length: 1024, kv_bytes_per_token: KIB },
+];
+
+/// Which built-in entry each library model's `latest` tag points at.
+const LATEST: &[(&str, &str)] = &[
+    ("llama3.2:latest", "llama3.2:3b"),
+    ("llama3.1:latest", "llama3.1:8b"),
+    ("qwen2.5:latest", "qwen2.5:7b"),
+    ("mistral:latest", "mistral:7b"),
+    ("gemma2:latest", "gemma2:9b"),
+    ("deepseek-r1:latest", "deepseek-r1:14b"),
+    ("nomic-embed-text:latest", "nomic-embed-text:v1.5"),
+    ("mxbai-embed-large:latest", "mxbai-embed-large:335m"),
+];
+
+/// The models a node has on disk when neither `--models` nor a config file names any.
+pub const DEFAULT_MODELS: &[&str] = &[
+    "llama3.2:3b",
+    "llama3.1:8b",
+    "qwen2.5:7b",
+    "nomic-embed-text",
+];
+
+/// The spec of the model with canonical name `name`: the built-in entry, or an estimate.
+pub fn lookup(name: &str) -> ModelSpec {
+    let resolved = LATEST
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, target)| target);
+    BUILT_IN
+        .iter()
+        .find(|e| e.name == resolved)
+        .map_or_else(|| estimate(name), from_entry)
+}
+
+fn from_entry(e: &Entry) -> ModelSpec {
+    ModelSpec {
+        family: e.family.to_owned(),
+        parameter_size: e.parameter_size.to_owned(),
+        quantization: e.quantization.to_owned(),
+        size_bytes: e.size_bytes,
+        prefill_tps: e.prefill_tps,
+        decode_tps: e.decode_tps,
+        embedding_only: e.embedding_only,
+        context_length: e.context_length,
+        embedding_length: e.embedding_length,
+        kv_bytes_per_token: e.kv_bytes_per_token,
+    }
+}
+
+/// Bytes per parameter of a Q4_K_M GGUF including its non-quantized tensors.
+const Q4_BYTES_PER_PARAM: f64 = 0.61;
+/// Effective memory bandwidth of an RTX 4090 for decoding (about 65% of 1008 GB/s): decode of a
+/// memory-bound model is roughly this divided by the weights' size.
+const DECODE_BYTES_PER_SEC: f64 = 650e9;
+
+/// Estimates a model from the size hint in its tag (or base name).
+fn estimate(name: &str) -> ModelSpec {
+    let base = names::base(name);
+    let embedding_only =
+        base.contains("embed") || base.starts_with("bge") || base.contains("minilm");
+    let Some(params) = size_hint(names::tag(name)).or_else(|| size_hint(base)) else {
+        return tiny(embedding_only);
+    };
+    let billions = params / 1e9;
+    let size_bytes = (params * Q4_BYTES_PER_PARAM) as u64;
+    ModelSpec {
+        family: if embedding_only { "bert" } else { "llama" }.to_owned(),
+        parameter_size: if billions >= 1.0 {
+            format!("{billions:.1}B")
+        } else {
+            format!("{:.0}M", params / 1e6)
+        },
+        quantization: "Q4_K_M".to_owned(),
+        size_bytes,
+        prefill_tps: (40_000.0 / billions).min(30_000.0),
+        decode_tps: (DECODE_BYTES_PER_SEC / size_bytes as f64).min(300.0),
+        embedding_only,
+        context_length: if embedding_only { 2_048 } else { 32_768 },
+        embedding_length: if embedding_only { 768 } else { 4096 },
+        kv_bytes_per_token: ((16.0 * billions) as u64).max(1) * KIB,
+    }
+}
+
+/// A random-weight model of a few hundred kilobytes, like the one the real-Ollama tests create.
+fn tiny(embedding_only: bool) -> ModelSpec {
+    ModelSpec {
+        family: "llama".to_owned(),
+        parameter_size: "0.2M".to_owned(),
+        quantization: "F32".to_owned(),
+        size_bytes: 700_000,
+        prefill_tps: 100_000.0,
+        decode_tps: 2_000.0,
+        embedding_only,
+        context_length: 2_048,
+        embedding_length: 64,
+        kv_bytes_per_token: 512,
+    }
+}
+
+/// The parameter count named by a hint such as `7b`, `1.5b`, `8x7b`, `135m` or `7b-instruct-q8_0`.
+fn size_hint(text: &str) -> Option<f64> {
+    text.split(['-', '_', ':']).find_map(|part| {
+        let (count, rest) = match part.split_once('x') {
+            Some((n, rest)) if n.parse::<f64>().is_ok() => (n.parse::<f64>().ok()?, rest),
+            _ => (1.0, part),
+        };
+        let unit = match rest.chars().last()? {
+            'b' | 'B' => 1e9,
+            'm' | 'M' => 1e6,
+            _ => return None,
+        };
+        let number: f64 = rest[..rest.len() - 1].parse().ok()?;
+        (number > 0.0).then_some(count * number * unit)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_tags_resolve_to_built_in_entries() {
+        assert_eq!(lookup("llama3.2:latest"), lookup("llama3.2:3b"));
+        assert!(lookup("nomic-embed-text:latest").embedding_only);
+        assert!(lookup("mxbai-embed-large:latest").embedding_only);
+        assert!(!lookup("mistral:7b").embedding_only);
+    }
+
+    #[test]
+    fn estimates_scale_with_the_tag() {
+        let small = lookup("foo:7b");
+        let big = lookup("foo:70b");
+        assert!(big.size_bytes > 9 * small.size_bytes);
+        assert!(big.decode_tps < small.decode_tps / 5.0);
+        assert_eq!(big.parameter_size, "70.0B");
+        assert!((size_hint("8x7b").unwrap() - 56e9).abs() < 1.0);
+        assert!((size_hint("1.5b-instruct-q8_0").unwrap() - 1.5e9).abs() < 1.0);
+        assert_eq!(lookup("smollm:135m").parameter_size, "135M");
+    }
+
+    #[test]
+    fn names_without_a_size_hint_are_tiny_generative_models() {
+        let tiny = lookup("tiny:latest");
+        assert!(!tiny.embedding_only);
+        assert!(tiny.size_bytes < 10_000_000);
+        assert!(lookup("my-embed:latest").embedding_only);
+    }
+}
