@@ -128,8 +128,10 @@ async fn a_registered_instance_reaches_a_watch_within_a_second_with_its_meta() {
     assert_eq!(entry.service.id, "ollama-gpu-a-11434");
     assert_eq!(entry.address(), "127.0.0.1");
     assert_eq!(entry.service.tags, [contract::MESH_TAG]);
-    let meta = entry.service.meta.clone().into_iter().collect();
-    assert_eq!(NodeMeta::from_consul_meta(&meta).unwrap(), node_meta());
+    assert_eq!(
+        NodeMeta::from_consul_meta(&entry.service.meta).unwrap(),
+        node_meta()
+    );
     assert_eq!(
         state_of(&entries, "ollama-gpu-a-11434"),
         Some(RoutingState::Active {

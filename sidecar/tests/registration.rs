@@ -1,6 +1,5 @@
 //! The sidecar against a real `consul agent -dev` and simulated (or real) Ollama nodes.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,8 +199,7 @@ fn all_passing(entry: Option<&ServiceEntry>) -> bool {
 }
 
 fn meta(entry: &ServiceEntry) -> NodeMeta {
-    let meta: HashMap<String, String> = entry.service.meta.clone().into_iter().collect();
-    NodeMeta::from_consul_meta(&meta).unwrap()
+    NodeMeta::from_consul_meta(&entry.service.meta).unwrap()
 }
 
 /// The heartbeat's status and output as the agent has them now (the catalog syncs output lazily).

@@ -7,7 +7,7 @@
 //! `models_on_disk_2`, …) and always carry their full count in `<list>_count`: a reader can tell
 //! a truncated list from a complete one, and a name is never cut in half.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Consul's limit on Meta pairs per service instance.
 pub const MAX_META_PAIRS: usize = 64;
@@ -180,7 +180,7 @@ impl ModelList {
     fn decode(
         key: &str,
         max_values: usize,
-        meta: &HashMap<String, String>,
+        meta: &BTreeMap<String, String>,
     ) -> Result<Self, MetaError> {
         let names: Vec<String> = (0..max_values)
             .map_while(|i| meta.get(&list_value_key(key, i)))
@@ -251,7 +251,7 @@ impl NodeMeta {
 
     /// Reads a node back from Consul Meta. Keys this schema does not define are ignored, so
     /// operators may add their own.
-    pub fn from_consul_meta(meta: &HashMap<String, String>) -> Result<Self, MetaError> {
+    pub fn from_consul_meta(meta: &BTreeMap<String, String>) -> Result<Self, MetaError> {
         match meta.get(keys::SCHEMA) {
             None => return Err(MetaError::NotOllamaMesh),
             Some(v) if v.parse::<u32>() != Ok(SCHEMA_VERSION) => {
@@ -289,7 +289,7 @@ impl NodeMeta {
 
 /// Reads a numeric key; a missing key reads as zero (an older sidecar may not write it).
 fn parse_number<T: std::str::FromStr + Default>(
-    meta: &HashMap<String, String>,
+    meta: &BTreeMap<String, String>,
     key: &str,
 ) -> Result<T, MetaError> {
     match meta.get(key) {

@@ -5,7 +5,8 @@
 //!   which re-reads everything at once;
 //! * the client timeout outlasts `wait` plus Consul's jitter (`wait / 16`);
 //! * a token bucket spaces queries under churn, so a busy catalog cannot make a busy loop;
-//! * errors and HTTP 429 back off exponentially with jitter;
+//! * errors and HTTP 429 back off exponentially with jitter, and the next query after an error
+//!   does not block (a restarted agent's index may be lower than ours);
 //! * a response is not proof of change: unchanged data is not republished;
 //! * while Consul is unreachable the last good snapshot stays published.
 //!
@@ -206,6 +207,11 @@ async fn run<T, F, Fut>(
             }
             Err(error) => {
                 status.record_error();
+                // After a failure the agent may have restarted with a lower index; blocking on
+                // the old one would then wait out a whole `wait` for the next change. Re-read
+                // at once instead (unchanged data is still not republished).
+                index = 0;
+                last_seen = 0;
                 let delay = backoff.next_delay(error.is_rate_limited());
                 if !failing {
                     tracing::warn!(watch = %name, %error, "Consul watch failing; keeping the last snapshot and retrying with backoff");

@@ -113,6 +113,22 @@ async fn errors_keep_the_last_snapshot_and_back_off() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_query_after_an_error_does_not_block() {
+    // The agent restarts between answers: its index starts over below ours.
+    let (seen, fetch) = scripted(vec![
+        ok(1, 500),
+        status_error(StatusCode::SERVICE_UNAVAILABLE),
+        ok(2, 12),
+        ok(2, 13),
+    ]);
+    let watch = Watch::spawn("test", WatchConfig::default(), fetch);
+    settle().await;
+    let indexes: Vec<u64> = seen.lock().unwrap().iter().map(|o| o.index).collect();
+    assert_eq!(indexes, [0, 500, 0, 12, 13]);
+    assert_eq!(watch.current().as_deref(), Some(&2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn backoff_grows_exponentially() {
     let answers: Vec<_> = (0..8)
         .map(|_| status_error(StatusCode::INTERNAL_SERVER_ERROR))

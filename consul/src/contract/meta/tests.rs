@@ -15,8 +15,7 @@ fn sample() -> NodeMeta {
 }
 
 fn round_trip(meta: &NodeMeta) -> NodeMeta {
-    let encoded: HashMap<String, String> = meta.to_consul_meta().into_iter().collect();
-    NodeMeta::from_consul_meta(&encoded).expect("decodes")
+    NodeMeta::from_consul_meta(&meta.to_consul_meta()).expect("decodes")
 }
 
 fn assert_within_consul_limits(meta: &BTreeMap<String, String>) {
@@ -130,10 +129,10 @@ fn overlong_free_text_is_cut_on_a_character_boundary() {
 #[test]
 fn rejects_foreign_and_future_instances() {
     assert_eq!(
-        NodeMeta::from_consul_meta(&HashMap::new()),
+        NodeMeta::from_consul_meta(&BTreeMap::new()),
         Err(MetaError::NotOllamaMesh)
     );
-    let future: HashMap<String, String> = [(keys::SCHEMA.to_owned(), "2".to_owned())].into();
+    let future: BTreeMap<String, String> = [(keys::SCHEMA.to_owned(), "2".to_owned())].into();
     assert!(matches!(
         NodeMeta::from_consul_meta(&future),
         Err(MetaError::UnsupportedSchema(_))
@@ -142,7 +141,7 @@ fn rejects_foreign_and_future_instances() {
 
 #[test]
 fn invalid_values_name_the_key() {
-    let mut encoded: HashMap<String, String> = sample().to_consul_meta().into_iter().collect();
+    let mut encoded = sample().to_consul_meta();
     encoded.insert(keys::GPU_COUNT.into(), "two".into());
     let err = NodeMeta::from_consul_meta(&encoded).unwrap_err();
     assert!(err.to_string().contains("gpu_count"), "{err}");
@@ -150,7 +149,7 @@ fn invalid_values_name_the_key() {
 
 #[test]
 fn operator_keys_are_ignored() {
-    let mut encoded: HashMap<String, String> = sample().to_consul_meta().into_iter().collect();
+    let mut encoded = sample().to_consul_meta();
     encoded.insert("zone".into(), "eu-west-1a".into());
     assert_eq!(NodeMeta::from_consul_meta(&encoded).unwrap(), sample());
 }

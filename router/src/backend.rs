@@ -1,0 +1,154 @@
+//! One Ollama instance as the router sees it: where to connect, whether it takes new work, what
+//! it says about itself in Meta, and how many requests this router has in flight on it.
+//!
+//! A [`Backend`] is immutable: a change in Consul builds a new one. Only its in-flight counter
+//! moves, and that counter is shared with the [`Backend`] built for the same instance from the
+//! next snapshot, so requests started before a change are still counted after it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ollama_mesh_consul::contract::{routing_state, MetaError, NodeMeta, RoutingState};
+use ollama_mesh_consul::health::ServiceEntry;
+
+/// Requests this router has sent to one instance and not yet finished.
+///
+/// Cloning shares the count: that is how it survives snapshot rebuilds.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// The current count.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more request. Paired with [`InFlight::release`] by
+    /// [`crate::select::InFlightGuard`], never called on its own.
+    pub(crate) fn acquire(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request as finished.
+    pub(crate) fn release(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An immutable view of one service instance, built from its health entry.
+#[derive(Debug)]
+pub struct Backend {
+    id: Arc<str>,
+    node: String,
+    address: String,
+    state: RoutingState,
+    meta: Result<NodeMeta, MetaError>,
+    in_flight: InFlight,
+}
+
+impl Backend {
+    /// Reads one health entry. `drain_reason` is the value of the instance's drain key, if it
+    /// has one; `in_flight` is the counter of the same instance in the previous set (or a new
+    /// one).
+    ///
+    /// Meta that does not parse (an Ollama registered by hand or by another tool under the
+    /// same service name, or a newer schema) does not drop the instance: it is kept with the
+    /// error, so the operator can see why it gets no model traffic, and it still serves
+    /// requests that name no model.
+    pub(crate) fn from_entry(
+        entry: &ServiceEntry,
+        drain_reason: Option<&str>,
+        in_flight: InFlight,
+    ) -> Self {
+        let service = &entry.service;
+        Self {
+            id: service.id.as_str().into(),
+            node: entry.node.node.clone(),
+            address: socket_address(entry.address(), service.port),
+            state: routing_state(&entry.checks, service.weights, drain_reason),
+            meta: NodeMeta::from_consul_meta(&service.meta),
+            in_flight,
+        }
+    }
+
+    /// The instance ID as registered in Consul (the key of its drain flag).
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The Consul node the instance runs on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Where to connect, as `host:port` (IPv6 hosts in brackets).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether and how much the instance takes new work, by the contract's rules.
+    pub fn state(&self) -> &RoutingState {
+        &self.state
+    }
+
+    /// What the node says about itself, or why its Meta could not be read.
+    pub fn meta(&self) -> Result<&NodeMeta, &MetaError> {
+        self.meta.as_ref()
+    }
+
+    /// Whether the node has `model` on disk (`x` and `x:latest` are the same model).
+    pub fn has_model(&self, model: &str) -> bool {
+        self.meta
+            .as_ref()
+            .is_ok_and(|meta| meta.models_on_disk.contains(model))
+    }
+
+    /// Whether the node has more models on disk than its Meta could list, so a model it does
+    /// not list may still be there.
+    pub fn is_model_list_truncated(&self) -> bool {
+        self.meta
+            .as_ref()
+            .is_ok_and(|meta| meta.models_on_disk.is_truncated())
+    }
+
+    /// Whether the node has `model` loaded in memory, ready to answer without a load.
+    pub fn has_loaded(&self, model: &str) -> bool {
+        self.meta
+            .as_ref()
+            .is_ok_and(|meta| meta.models_loaded.contains(model))
+    }
+
+    /// Requests the node serves at once: its parallel slots per GPU times its GPUs, at least
+    /// one (a CPU node, or Meta that does not say, still serves one at a time).
+    pub fn capacity(&self) -> usize {
+        let (slots, gpus) = self
+            .meta
+            .as_ref()
+            .map_or((0, 0), |meta| (meta.parallel_slots, meta.gpu_count));
+        let capacity = u64::from(slots) * u64::from(gpus.max(1));
+        usize::try_from(capacity).unwrap_or(usize::MAX).max(1)
+    }
+
+    /// Whether this router already has as many requests in flight on the node as it serves
+    /// at once, so a new one would queue there.
+    pub fn is_at_capacity(&self) -> bool {
+        self.in_flight.get() >= self.capacity()
+    }
+
+    /// Requests this router has in flight on the instance.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+}
+
+/// `host:port`, with an IPv6 literal in brackets so it parses back as a socket address.
+fn socket_address(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+use ollama_mesh_consul::contract::{MetaError, RoutingState};
+use ollama_mesh_consul::health::CheckStatus;
+
+use super::*;
+use crate::testing::instance;
+
+fn backend(entry: &ServiceEntry) -> Backend {
+    Backend::from_entry(entry, None, InFlight::default())
+}
+
+#[test]
+fn address_is_the_instance_s_or_else_the_node_s() {
+    let mut entry = instance("a").entry();
+    assert_eq!(backend(&entry).address(), "10.0.0.1:11434");
+    entry.service.address = "192.168.1.7".into();
+    assert_eq!(backend(&entry).address(), "192.168.1.7:11434");
+    entry.service.address = "fd00::7".into();
+    assert_eq!(backend(&entry).address(), "[fd00::7]:11434");
+}
+
+#[test]
+fn reads_identity_meta_and_state() {
+    let entry = instance("ollama-gpu-1-11434")
+        .on_disk(&["llama3.2:3b"])
+        .weight(5)
+        .entry();
+    let b = backend(&entry);
+    assert_eq!(&**b.id(), "ollama-gpu-1-11434");
+    assert_eq!(b.node(), "node-ollama-gpu-1-11434");
+    assert_eq!(
+        b.state(),
+        &RoutingState::Active {
+            weight: 5,
+            degraded: false
+        }
+    );
+    assert_eq!(b.meta().unwrap().sidecar_version, "test");
+}
+
+#[test]
+fn checks_and_drain_reason_decide_the_state_by_the_contract() {
+    let warning = instance("a")
+        .with_check("heartbeat", CheckStatus::Warning)
+        .entry();
+    assert!(matches!(
+        backend(&warning).state(),
+        RoutingState::Active { degraded: true, .. }
+    ));
+    let critical = instance("a")
+        .with_check("heartbeat", CheckStatus::Critical)
+        .entry();
+    assert!(matches!(
+        backend(&critical).state(),
+        RoutingState::Out { .. }
+    ));
+    let drained = Backend::from_entry(
+        &instance("a").entry(),
+        Some("replacing fan"),
+        InFlight::default(),
+    );
+    assert_eq!(
+        drained.state(),
+        &RoutingState::Draining {
+            reason: "replacing fan".into()
+        }
+    );
+}
+
+#[test]
+fn models_match_with_and_without_the_latest_tag() {
+    let b = backend(
+        &instance("a")
+            .on_disk(&["llama3.2", "qwen2.5:7b"])
+            .loaded(&["qwen2.5:7b"])
+            .entry(),
+    );
+    assert!(b.has_model("llama3.2:latest"));
+    assert!(b.has_model("llama3.2"));
+    assert!(b.has_model("qwen2.5:7b"));
+    assert!(!b.has_model("qwen2.5"));
+    assert!(b.has_loaded("qwen2.5:7b"));
+    assert!(!b.has_loaded("llama3.2"));
+}
+
+#[test]
+fn knows_when_its_model_list_is_incomplete() {
+    let complete = backend(&instance("a").on_disk(&["x", "y"]).entry());
+    assert!(!complete.is_model_list_truncated());
+    let truncated = backend(&instance("a").on_disk(&["x", "y"]).truncated_to(300).entry());
+    assert!(truncated.is_model_list_truncated());
+    assert!(!truncated.has_model("z"), "only listed models are known");
+}
+
+#[test]
+fn foreign_instances_are_kept_with_the_reason_and_no_models() {
+    let b = backend(&instance("hand-made").on_disk(&["x"]).foreign().entry());
+    assert_eq!(b.meta().unwrap_err(), &MetaError::NotOllamaMesh);
+    assert!(b.state().accepts_new_work());
+    assert!(!b.has_model("x"));
+    assert_eq!(b.capacity(), 1);
+}
+
+#[test]
+fn capacity_is_slots_times_gpus_and_at_least_one() {
+    let capacity = |gpus, slots| backend(&instance("a").capacity(gpus, slots).entry()).capacity();
+    assert_eq!(capacity(2, 4), 8);
+    assert_eq!(capacity(0, 4), 4, "a CPU node serves its slots");
+    assert_eq!(capacity(2, 0), 1, "unknown slots still serve one");
+}
+
+#[test]
+fn at_capacity_follows_the_in_flight_count() {
+    let b = backend(&instance("a").capacity(1, 2).entry());
+    assert!(!b.is_at_capacity());
+    b.in_flight().acquire();
+    b.in_flight().acquire();
+    assert_eq!(b.in_flight().get(), 2);
+    assert!(b.is_at_capacity());
+    b.in_flight().release();
+    assert!(!b.is_at_capacity());
+}

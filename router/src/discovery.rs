@@ -1,0 +1,154 @@
+//! Following the fleet in Consul: a background task watches the service's health (without
+//! `?passing`, so warning and maintenance instances are seen and judged by the contract's
+//! rules) and the drain keys, rebuilds the [`BackendSet`] on every change, and publishes it
+//! through an [`ArcSwap`] that request handling reads without locks.
+//!
+//! While Consul is unreachable the watches keep their last snapshots, so routing goes on with
+//! the last good set; [`Discovery::health_status`] and [`Discovery::drain_status`] say so for
+//! metrics and readiness.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ollama_mesh_consul::contract::kv as layout;
+use ollama_mesh_consul::health::ServiceEntry;
+use ollama_mesh_consul::kv::KvPair;
+use ollama_mesh_consul::watch::{Watch, WatchConfig, WatchStatus};
+use ollama_mesh_consul::Client;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::Backend;
+use crate::backend_set::BackendSet;
+
+/// The live backend set of one service. Dropping it stops the watches.
+pub struct Discovery {
+    current: Arc<ArcSwap<BackendSet>>,
+    generation: watch::Receiver<u64>,
+    health_status: Arc<WatchStatus>,
+    drain_status: Arc<WatchStatus>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Discovery {
+    /// Starts following the instances of `service` and the drain keys. The set is empty until
+    /// both watches have answered once (see [`Discovery::ready`]): routing on health alone
+    /// could send work to an instance an operator has drained.
+    pub fn start(client: Client, service: impl Into<String>, config: WatchConfig) -> Self {
+        let health = Watch::health_service(client.clone(), service, config.clone());
+        let drains = Watch::kv_prefix(client, layout::DRAIN_PREFIX, config);
+        let current = Arc::new(ArcSwap::from_pointee(BackendSet::default()));
+        let (generation_tx, generation) = watch::channel(0);
+        Self {
+            current: current.clone(),
+            generation,
+            health_status: health.status(),
+            drain_status: drains.status(),
+            task: tokio::spawn(follow(health, drains, current, generation_tx)),
+        }
+    }
+
+    /// The current set: a lock-free read, cheap enough for every request.
+    pub fn backends(&self) -> Arc<BackendSet> {
+        self.current.load_full()
+    }
+
+    /// Whether the first set from Consul has been published.
+    pub fn is_ready(&self) -> bool {
+        *self.generation.borrow() > 0
+    }
+
+    /// Waits until the first set from Consul has been published.
+    pub async fn ready(&self) {
+        let mut generation = self.generation.clone();
+        // Only fails once the task has ended, and then readiness can never come.
+        if generation.wait_for(|g| *g > 0).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// A receiver of the number of sets published so far, notified after each one.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
+
+    /// The health watch's errors, index and staleness.
+    pub fn health_status(&self) -> Arc<WatchStatus> {
+        self.health_status.clone()
+    }
+
+    /// The drain-key watch's errors, index and staleness.
+    pub fn drain_status(&self) -> Arc<WatchStatus> {
+        self.drain_status.clone()
+    }
+}
+
+/// Rebuilds and publishes the set whenever either watch publishes, until a watch stops.
+async fn follow(
+    health: Watch<Vec<ServiceEntry>>,
+    drains: Watch<Vec<KvPair>>,
+    current: Arc<ArcSwap<BackendSet>>,
+    generation: watch::Sender<u64>,
+) {
+    let mut health_updates = health.subscribe();
+    let mut drain_updates = drains.subscribe();
+    loop {
+        let entries = health_updates.borrow_and_update().clone();
+        let keys = drain_updates.borrow_and_update().clone();
+        if let (Some(entries), Some(keys)) = (entries, keys) {
+            let previous = current.load_full();
+            let next = BackendSet::build(&entries, &keys, &previous);
+            log_changes(&previous, &next);
+            current.store(Arc::new(next));
+            generation.send_modify(|g| *g += 1);
+        }
+        let changed = tokio::select! {
+            changed = health_updates.changed() => changed,
+            changed = drain_updates.changed() => changed,
+        };
+        if changed.is_err() {
+            tracing::error!("a Consul watch stopped; routing stays on the last backend set");
+            return;
+        }
+    }
+}
+
+/// Logs every instance that appeared, left, or changed routing state.
+fn log_changes(previous: &BackendSet, next: &BackendSet) {
+    let key = |b: &Arc<Backend>| (b.node().to_owned(), b.id().clone());
+    let before: HashMap<_, &Arc<Backend>> =
+        previous.backends().iter().map(|b| (key(b), b)).collect();
+    let after: HashMap<_, &Arc<Backend>> = next.backends().iter().map(|b| (key(b), b)).collect();
+    for (key, backend) in &after {
+        match before.get(key) {
+            None => tracing::info!(
+                instance = %backend.id(),
+                node = backend.node(),
+                address = backend.address(),
+                state = ?backend.state(),
+                meta_error = ?backend.meta().err(),
+                "instance appeared"
+            ),
+            Some(old) if old.state() != backend.state() => tracing::info!(
+                instance = %backend.id(),
+                node = backend.node(),
+                from = ?old.state(),
+                to = ?backend.state(),
+                "instance changed state"
+            ),
+            Some(_) => {}
+        }
+    }
+    for (key, backend) in &before {
+        if !after.contains_key(key) {
+            tracing::info!(instance = %backend.id(), node = backend.node(), "instance left");
+        }
+    }
+}
