@@ -10,6 +10,7 @@
 //!   health snapshot and the drain keys, carrying in-flight counters across rebuilds.
 //! * [`discovery`]: the background task that follows Consul and publishes each new set
 //!   lock-free ([`Discovery`]).
+//! * [`fleet`]: the [`Fleet`] trait over backend sources (Consul discovery, static URLs).
 //! * [`select`]: the choice of a backend for one request, and the guard that counts the
 //!   request on it ([`select::choose`], [`InFlightGuard`]). Pure, so it is tested without a
 //!   network.
@@ -17,6 +18,7 @@
 pub mod backend;
 pub mod backend_set;
 pub mod discovery;
+pub mod fleet;
 pub mod select;
 
 #[cfg(test)]
@@ -25,4 +27,5 @@ mod testing;
 pub use backend::Backend;
 pub use backend_set::BackendSet;
 pub use discovery::Discovery;
+pub use fleet::Fleet;
 pub use select::{InFlightGuard, SelectError};
