@@ -14,66 +14,13 @@ use ollama_mesh_consul::{Client, ConsulSettings, QueryOptions};
 use ollama_mesh_sidecar::config::{Args, SidecarConfig};
 use ollama_mesh_sidecar::notify::Notifier;
 use ollama_mesh_sidecar::{Sidecar, SidecarError};
-use ollama_mesh_sim::{NodeSpec, Simulator};
-use ollama_mesh_test_support::ConsulDev;
+use ollama_mesh_sim::NodeSpec;
+use ollama_mesh_test_support::{ConsulDev, SimNode};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const ID: &str = "ollama-test-node-1";
-
-/// A simulated Ollama node served in-process; stopped on drop.
-struct SimNode {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl SimNode {
-    async fn start(models: &[&str]) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), models).await
-    }
-
-    async fn start_on(addr: SocketAddr, models: &[&str]) -> Self {
-        let config = NodeSpec::default()
-            .models(models.iter().copied())
-            .time_scale(0.0)
-            .build()
-            .unwrap();
-        let sim = Simulator::new(config);
-        let listener = TcpListener::bind(addr).await.expect("bind simulator");
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = sim
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(mut self) -> SocketAddr {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = (&mut self.task).await;
-        self.addr
-    }
-}
-
-impl Drop for SimNode {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A script standing in for nvidia-smi.
 fn fake_nvidia_smi(name: &str, body: &str) -> PathBuf {
@@ -214,7 +161,7 @@ async fn heartbeat_output(client: &Client) -> String {
 #[tokio::test]
 async fn registers_with_gpu_meta_models_and_passing_checks() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b", "qwen2.5:7b", "nomic-embed-text"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b", "qwen2.5:7b", "nomic-embed-text"]).await;
     let _sidecar = Running::start(&args(
         &consul.http_url(),
         &node.url(),
@@ -226,7 +173,7 @@ async fn registers_with_gpu_meta_models_and_passing_checks() {
 
     let entry = entry(&client).await.unwrap();
     assert_eq!(entry.service.tags, ["ollama-mesh"]);
-    assert_eq!(entry.service.port, node.addr.port());
+    assert_eq!(entry.service.port, node.addr().port());
     assert_eq!(entry.address(), "127.0.0.1");
     let meta = meta(&entry);
     assert_eq!(meta.gpu_name.as_deref(), Some("NVIDIA GeForce RTX 4090"));
@@ -269,7 +216,7 @@ async fn registers_with_gpu_meta_models_and_passing_checks() {
 #[tokio::test]
 async fn loaded_models_reach_consul_within_a_poll_and_quiet_polls_write_nothing() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b", "qwen2.5:7b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b", "qwen2.5:7b"]).await;
     let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
     let client = client(&consul);
     until(&client, Duration::from_secs(10), all_passing).await;
@@ -290,7 +237,7 @@ async fn loaded_models_reach_consul_within_a_poll_and_quiet_polls_write_nothing(
 
     // Preload a model, as a client's first request would.
     let status = reqwest_free_post(
-        node.addr,
+        node.addr(),
         "/api/generate",
         r#"{"model":"llama3.2:3b","stream":false}"#,
     )
@@ -323,7 +270,7 @@ async fn reqwest_free_post(addr: SocketAddr, path: &str, body: &str) -> u16 {
 #[tokio::test]
 async fn ollama_going_away_takes_the_node_out_and_its_return_brings_it_back() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let url = node.url();
     let _sidecar = Running::start(&args(&consul.http_url(), &url, &two_rtx_4090(), &[]));
     let client = client(&consul);
@@ -337,14 +284,18 @@ async fn ollama_going_away_takes_the_node_out_and_its_return_brings_it_back() {
     let output = heartbeat_output(&client).await;
     assert!(output.contains("Ollama unreachable"), "{output}");
 
-    let _node = SimNode::start_on(addr, &["llama3.2:3b"]).await;
+    let _node = SimNode::start_on(
+        addr,
+        NodeSpec::default().models(["llama3.2:3b"]).time_scale(0.0),
+    )
+    .await;
     until(&client, Duration::from_secs(10), all_passing).await;
 }
 
 #[tokio::test]
 async fn re_registers_after_the_agent_forgets_it() {
     let mut consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
     let client = client(&consul);
     until(&client, Duration::from_secs(10), |e| e.is_some()).await;
@@ -361,7 +312,7 @@ async fn re_registers_after_the_agent_forgets_it() {
 async fn starts_without_consul_and_registers_when_it_appears() {
     let mut consul = ConsulDev::start().await;
     consul.kill();
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -376,7 +327,7 @@ async fn starts_without_consul_and_registers_when_it_appears() {
 #[tokio::test]
 async fn the_drain_key_toggles_maintenance_within_a_second() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &two_rtx_4090(), &[]));
     let client = client(&consul);
     until(&client, Duration::from_secs(10), all_passing).await;
@@ -403,7 +354,7 @@ async fn the_drain_key_toggles_maintenance_within_a_second() {
 #[tokio::test]
 async fn shutdown_drains_first_and_deregisters_after_the_drain_period() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let sidecar = Running::start(&args(
         &consul.http_url(),
         &node.url(),
@@ -434,7 +385,7 @@ async fn shutdown_drains_first_and_deregisters_after_the_drain_period() {
 #[tokio::test]
 async fn gpu_probe_junk_or_hang_warns_but_keeps_serving() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let junk = fake_nvidia_smi("junk", "echo 'this is not csv'");
     let _sidecar = Running::start(&args(&consul.http_url(), &node.url(), &junk, &[]));
     let client = client(&consul);
@@ -506,7 +457,7 @@ async fn an_ollama_answering_garbage_is_critical_with_a_clear_reason() {
 #[tokio::test]
 async fn a_preemption_notice_drains_and_deregisters() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     // A metadata endpoint that answers 404 until the cloud decides to take the node.
     let notice = Arc::new(AtomicBool::new(false));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -563,7 +514,7 @@ async fn a_preemption_notice_drains_and_deregisters() {
 #[tokio::test]
 async fn the_binary_notifies_systemd_drains_on_sigterm_and_exits_zero() {
     let consul = ConsulDev::start().await;
-    let node = SimNode::start(&["llama3.2:3b"]).await;
+    let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let socket_path =
         std::env::temp_dir().join(format!("ollama-mesh-notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket_path);

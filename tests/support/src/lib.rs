@@ -5,14 +5,17 @@
 //! * [`consul_dev`]: a real `consul agent -dev` on free loopback ports, stopped on drop.
 //! * [`fake_consul`]: a scripted HTTP server for what a real agent cannot do on demand
 //!   (an index going backwards, 429s, stalls, truncated bodies).
+//! * [`sim_node`]: an in-process Ollama simulator on a free loopback port.
 //! * [`http`]: a minimal HTTP/1.1 GET used to probe servers without pulling in a client crate.
 
 pub mod consul_dev;
 pub mod fake_consul;
 pub mod http;
+pub mod sim_node;
 
 pub use consul_dev::ConsulDev;
 pub use fake_consul::{FakeConsul, Reply, SeenRequest};
+pub use sim_node::SimNode;
 
 use std::net::{SocketAddr, TcpListener};
 
