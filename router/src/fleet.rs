@@ -30,6 +30,9 @@ impl Fleet for Discovery {
     }
 
     fn watches(&self) -> Vec<(&'static str, Arc<WatchStatus>)> {
-        vec![("health", self.health_status()), ("drain", self.drain_status())]
+        vec![
+            ("health", self.health_status()),
+            ("drain", self.drain_status()),
+        ]
     }
 }

@@ -11,15 +11,33 @@
 //! * [`discovery`]: the background task that follows Consul and publishes each new set
 //!   lock-free ([`Discovery`]).
 //! * [`fleet`]: the [`Fleet`] trait over backend sources (Consul discovery, static URLs).
+//! * [`proxy`]: the Pingora proxy ([`proxy::MeshProxy`]): routing, streaming, retries, fleet views.
+//! * [`server`]: running the proxy on Pingora with a draining shutdown ([`server::serve`]).
 //! * [`select`]: the choice of a backend for one request, and the guard that counts the
 //!   request on it ([`select::choose`], [`InFlightGuard`]). Pure, so it is tested without a
 //!   network.
+//! * [`config`]: flags, `OLLAMA_MESH_*` variables and the `--config` file, validated into one
+//!   [`config::RouterConfig`].
+//! * [`static_fleet`]: the [`Fleet`] of `--backend URL`s, polled by the router itself
+//!   ([`static_fleet::StaticFleet`]).
+//! * [`metrics`]: the Prometheus metrics ([`metrics::Metrics`]).
+//! * [`ops`]: the ops listener: `/metrics`, `/healthz`, `/readyz`, `/v1/mesh/nodes`
+//!   ([`ops::serve`]).
+//! * [`registration`]: optional self-registration in Consul as `ollama-mesh-router`
+//!   ([`registration::SelfRegistration`]).
 
 pub mod backend;
 pub mod backend_set;
+pub mod config;
 pub mod discovery;
 pub mod fleet;
+pub mod metrics;
+pub mod ops;
+pub mod proxy;
+pub mod registration;
 pub mod select;
+pub mod server;
+pub mod static_fleet;
 
 #[cfg(test)]
 mod testing;

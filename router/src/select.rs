@@ -179,7 +179,9 @@ pub struct InFlightGuard {
 }
 
 impl InFlightGuard {
-    fn new(backend: Arc<Backend>) -> Self {
+    /// Counts a request on `backend`, chosen by other means than [`choose`] (model management
+    /// aimed at one named instance).
+    pub fn new(backend: Arc<Backend>) -> Self {
         backend.in_flight().acquire();
         Self { backend }
     }

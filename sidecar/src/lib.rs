@@ -8,12 +8,10 @@
 //! * [`gpu`]: GPU facts from `nvidia-smi`.
 //! * [`registration`]: the service definition, Meta, weights, checks and the heartbeat summary.
 //! * [`sidecar`]: the main loop: observe, sync with Consul, follow drains, drain on shutdown.
-//! * [`notify`]: systemd's `sd_notify` (READY, STOPPING, WATCHDOG).
 //! * `http_get`: the bounded GET used for Ollama and the preemption notice.
 
 pub mod config;
 pub mod gpu;
-pub mod notify;
 pub mod ollama;
 pub mod registration;
 pub mod sidecar;

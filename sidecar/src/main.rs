@@ -2,8 +2,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use ollama_mesh_consul::ConsulSettings;
 use ollama_mesh_sidecar::config::{Args, LogFormat, SidecarConfig};
-use ollama_mesh_sidecar::notify::Notifier;
 use ollama_mesh_sidecar::Sidecar;
+use ollama_mesh_systemd::Notifier;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main]

@@ -59,7 +59,14 @@ pub fn weights(config: &SidecarConfig, meta: &NodeMeta) -> Weights {
 }
 
 /// The full service definition.
-pub fn service(config: &SidecarConfig, meta: &NodeMeta) -> ServiceRegistration {
+pub fn service(
+    config: &SidecarConfig,
+    meta: &NodeMeta,
+    observed: &Observation,
+) -> ServiceRegistration {
+    // Consul starts checks critical and runs an HTTP check first after up to one interval; when
+    // the sidecar has just read Ollama, start it passing so the node is routable at once.
+    let ollama_answers = observed.ollama.is_some() && observed.ollama_error.is_none();
     ServiceRegistration {
         id: config.instance_id.to_string(),
         name: config.service_name.clone(),
@@ -81,7 +88,7 @@ pub fn service(config: &SidecarConfig, meta: &NodeMeta) -> ServiceRegistration {
                     interval: config.check_interval,
                     timeout: config.check_timeout,
                 },
-                status: None,
+                status: ollama_answers.then_some(CheckStatus::Passing),
                 deregister_critical_after: None,
             },
             CheckDefinition {

@@ -15,10 +15,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::SidecarConfig;
 use crate::http_get::HttpGet;
-use crate::notify::Notifier;
 use crate::ollama::OllamaClient;
 use crate::registration::{self, Observation};
 use crate::{gpu, SidecarError};
+use ollama_mesh_systemd::Notifier;
 
 /// Backoff between registration attempts while Consul fails; capped low so a returning agent
 /// sees the node again within seconds.
@@ -197,7 +197,7 @@ impl Consul {
                 *registered != meta && at.elapsed() >= config.meta_min_interval
             }
         };
-        if due && !self.register(config, meta.clone()).await {
+        if due && !self.register(config, meta.clone(), observed).await {
             return;
         }
         let (status, output) = registration::heartbeat(observed);
@@ -214,7 +214,7 @@ impl Consul {
                 tracing::warn!(%error, "the Consul agent lost this registration; registering again");
                 self.registered = None;
                 self.applied_maintenance = None;
-                if self.register(config, meta).await {
+                if self.register(config, meta, observed).await {
                     if let Err(error) = self
                         .client
                         .update_ttl_check(&heartbeat, status, &output)
@@ -229,8 +229,13 @@ impl Consul {
         self.apply_maintenance(config).await;
     }
 
-    async fn register(&mut self, config: &SidecarConfig, meta: NodeMeta) -> bool {
-        let service = registration::service(config, &meta);
+    async fn register(
+        &mut self,
+        config: &SidecarConfig,
+        meta: NodeMeta,
+        observed: &Observation,
+    ) -> bool {
+        let service = registration::service(config, &meta, observed);
         match self.client.register_service(&service).await {
             Ok(()) => {
                 tracing::info!(

@@ -96,7 +96,7 @@ fn weight_is_capacity_unless_set() {
 #[test]
 fn the_service_definition_carries_both_checks_and_the_contract() {
     let config = config(&["--ollama-url", "http://127.0.0.1:11434"]);
-    let service = service(&config, &node_meta(&config, &healthy()));
+    let service = service(&config, &node_meta(&config, &healthy()), &healthy());
     assert_eq!(service.id, "gpu-a");
     assert_eq!(service.tags, ["ollama-mesh"]);
     assert_eq!(service.meta["models_loaded"], "llama3.2:3b");

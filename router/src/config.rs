@@ -1,0 +1,461 @@
+//! What operators write, and the one validated configuration the router runs on.
+//!
+//! Settings come from three places. For each setting, the first that gives it wins:
+//!
+//! 1. a command-line flag (`--listen 0.0.0.0:8080`);
+//! 2. its environment variable (`OLLAMA_MESH_LISTEN`);
+//! 3. the TOML file named by `--config FILE` (`OLLAMA_MESH_CONFIG`), with the flags' names as
+//!    keys (`listen = "0.0.0.0:8080"`, `backend = ["http://10.0.0.5:11434"]`);
+//! 4. the built-in default.
+//!
+//! Consul's own variables (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`, …) configure the Consul client
+//! the way Consul's CLI reads them; `--consul-addr` overrides `CONSUL_HTTP_ADDR`.
+//!
+//! Every value is checked at start, and an unusable one fails with the flag's name
+//! (`--listen: …`), whichever of the three places it came from.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Parser, ValueEnum};
+use ollama_mesh_consul::config::{ClientConfig, ConsulSettings};
+use ollama_mesh_consul::contract;
+use serde::Deserialize;
+
+use crate::static_fleet::StaticBackend;
+
+/// The router's flags and their environment variables (see the module documentation for how
+/// they combine with `--config FILE`).
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "ollama-mesh-router", version, args_override_self = true)]
+pub struct Args {
+    /// TOML file with defaults for any of the flags below (keys are the flags' names); flags and
+    /// environment variables override it.
+    #[arg(long, env = "OLLAMA_MESH_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The settings themselves.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Every setting, each optional, so a source that leaves one out lets the next decide. Parsed
+/// from flags and environment by clap and from the `--config` file by serde, with the same
+/// names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Where clients connect (Ollama's port, so they need no change). [default: 0.0.0.0:11434]
+    #[arg(long, env = "OLLAMA_MESH_LISTEN")]
+    pub listen: Option<String>,
+
+    /// The ops listener: /metrics, /healthz, /readyz, /v1/mesh/nodes. [default: 127.0.0.1:11435]
+    #[arg(long, env = "OLLAMA_MESH_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
+
+    /// Consul service name of the Ollama nodes. [default: ollama]
+    #[arg(long, env = "OLLAMA_MESH_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// A static backend (http://HOST:PORT), polled by the router itself instead of discovered
+    /// in Consul. Repeatable; in the environment, comma-separated.
+    #[arg(long = "backend", env = "OLLAMA_MESH_BACKEND", value_delimiter = ',')]
+    #[serde(rename = "backend")]
+    pub backends: Vec<String>,
+
+    /// Consul's HTTP API (overrides CONSUL_HTTP_ADDR). [default: CONSUL_HTTP_ADDR, else
+    /// 127.0.0.1:8500]
+    #[arg(long, env = "OLLAMA_MESH_CONSUL_ADDR")]
+    pub consul_addr: Option<String>,
+
+    /// Longest wait for a connection to a backend. [default: 5s]
+    #[arg(long, env = "OLLAMA_MESH_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+
+    /// Longest silence from a backend: before its first byte (which includes loading the model
+    /// into memory, often minutes) and between two chunks of a response. [default: 600s]
+    #[arg(long, env = "OLLAMA_MESH_READ_TIMEOUT")]
+    pub read_timeout: Option<String>,
+
+    /// Other backends tried when one fails before anything was sent to the client. [default: 2]
+    #[arg(long, env = "OLLAMA_MESH_RETRIES")]
+    pub retries: Option<u32>,
+
+    /// Proxy worker threads. [default: all cores]
+    #[arg(long, env = "OLLAMA_MESH_THREADS")]
+    pub threads: Option<usize>,
+
+    /// How long in-flight requests may finish at shutdown. [default: 30s]
+    #[arg(long, env = "OLLAMA_MESH_GRACE_PERIOD")]
+    pub grace_period: Option<String>,
+
+    /// Allow model management (/api/pull, /api/push, /api/create, /api/copy, /api/delete).
+    /// [default: false]
+    #[arg(long, env = "OLLAMA_MESH_ENABLE_MANAGEMENT", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub enable_management: Option<bool>,
+
+    /// Register this router in the local Consul agent as ollama-mesh-router. [default: false]
+    #[arg(long, env = "OLLAMA_MESH_REGISTER", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub register: Option<bool>,
+
+    /// Largest request body accepted, e.g. 64MiB, 10MB or 1048576 (bytes). [default: 64MiB]
+    #[arg(long, env = "OLLAMA_MESH_MAX_BODY_SIZE")]
+    pub max_body_size: Option<String>,
+
+    /// Log format. [default: text]
+    #[arg(long, env = "OLLAMA_MESH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting has an unusable value.
+    #[error("--{field}: {message}")]
+    Invalid {
+        /// The flag's name (also the file's key).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The `--config` file cannot be read or is not valid TOML for these settings.
+    #[error("--config {}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key when it is one key.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Time limits for one proxied request, sized for LLMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a backend.
+    pub connect: Duration,
+    /// Any wait for a backend's bytes: the first one (model loads included) and every gap
+    /// between chunks. Pingora applies one read timeout to every read from a backend, so the
+    /// two cannot differ; a whole-request limit is left to clients, since a router-side one
+    /// would cut long generations that are working fine.
+    pub read: Duration,
+}
+
+/// The validated configuration.
+///
+/// Its `Debug` output includes the Consul token: log [`RouterConfig::summary`] instead.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where the ops endpoints listen.
+    pub ops_listen: SocketAddr,
+    /// Consul service name of the Ollama nodes.
+    pub service_name: String,
+    /// Static backends; empty means discovery through Consul.
+    pub static_backends: Vec<StaticBackend>,
+    /// The Consul client configuration (used for discovery, drain keys and self-registration).
+    pub consul: ClientConfig,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    /// Retries before the first byte.
+    pub retries: u32,
+    /// Proxy worker threads.
+    pub threads: NonZeroUsize,
+    /// How long in-flight requests may finish at shutdown.
+    pub grace_period: Duration,
+    /// Model-management routes allowed.
+    pub enable_management: bool,
+    /// Self-registration in Consul.
+    pub register: bool,
+    /// Largest request body, in bytes.
+    pub max_body_size: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:11434";
+const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:11435";
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The seed's nginx used 600 s: a cold model load on a slow disk takes minutes.
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_RETRIES: u32 = 2;
+/// Long enough for a typical generation to finish, short enough that a rolling restart of
+/// several replicas does not take minutes (Pingora's own default is 300 s).
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Enough for a long chat history with images; Ollama itself sets no limit.
+const DEFAULT_MAX_BODY_SIZE: u64 = 64 << 20;
+
+impl Settings {
+    /// These settings with every one that `overrides` gives replaced (flags over the file).
+    pub fn overridden_by(self, overrides: Settings) -> Self {
+        Self {
+            listen: overrides.listen.or(self.listen),
+            ops_listen: overrides.ops_listen.or(self.ops_listen),
+            service_name: overrides.service_name.or(self.service_name),
+            backends: if overrides.backends.is_empty() {
+                self.backends
+            } else {
+                overrides.backends
+            },
+            consul_addr: overrides.consul_addr.or(self.consul_addr),
+            connect_timeout: overrides.connect_timeout.or(self.connect_timeout),
+            read_timeout: overrides.read_timeout.or(self.read_timeout),
+            retries: overrides.retries.or(self.retries),
+            threads: overrides.threads.or(self.threads),
+            grace_period: overrides.grace_period.or(self.grace_period),
+            enable_management: overrides.enable_management.or(self.enable_management),
+            register: overrides.register.or(self.register),
+            max_body_size: overrides.max_body_size.or(self.max_body_size),
+            log_format: overrides.log_format.or(self.log_format),
+        }
+    }
+
+    /// Reads a `--config` file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file_error = |message: String| ConfigError::File {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| file_error(e.to_string()))
+    }
+}
+
+impl RouterConfig {
+    /// Reads the `--config` file if there is one, applies `args` over it, and validates the
+    /// result. `consul_env` are Consul's own variables
+    /// ([`ConsulSettings::from_env`] in production); `--consul-addr` wins over them.
+    pub fn from_args(args: &Args, consul_env: ConsulSettings) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        Self::validate(file.overridden_by(args.settings.clone()), consul_env)
+    }
+
+    /// Validates merged settings, filling in defaults.
+    pub fn validate(settings: Settings, consul_env: ConsulSettings) -> Result<Self, ConfigError> {
+        let consul = consul_env
+            .overridden_by(ConsulSettings {
+                http_addr: settings.consul_addr.clone(),
+                ..ConsulSettings::default()
+            })
+            .validate()
+            .map_err(|e| invalid("consul-addr", e.to_string()))?;
+        let listen = socket_addr("listen", settings.listen.as_deref(), DEFAULT_LISTEN)?;
+        let ops_listen = socket_addr(
+            "ops-listen",
+            settings.ops_listen.as_deref(),
+            DEFAULT_OPS_LISTEN,
+        )?;
+        if listen == ops_listen && listen.port() != 0 {
+            return Err(invalid(
+                "ops-listen",
+                format!("must differ from --listen ({listen})"),
+            ));
+        }
+        let service_name = settings
+            .service_name
+            .unwrap_or_else(|| contract::DEFAULT_SERVICE_NAME.to_owned());
+        if service_name.is_empty()
+            || !service_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid(
+                "service-name",
+                format!("{service_name:?}: must be letters, digits and '-' (a valid DNS label)"),
+            ));
+        }
+        let mut static_backends: Vec<StaticBackend> = Vec::new();
+        for url in &settings.backends {
+            let backend =
+                StaticBackend::parse(url).map_err(|e| invalid("backend", e.to_string()))?;
+            if static_backends.iter().any(|b| b.id() == backend.id()) {
+                return Err(invalid("backend", format!("{url:?} is listed twice")));
+            }
+            static_backends.push(backend);
+        }
+        let timeouts = Timeouts {
+            connect: timeout(
+                "connect-timeout",
+                settings.connect_timeout.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            read: timeout(
+                "read-timeout",
+                settings.read_timeout.as_deref(),
+                DEFAULT_READ_TIMEOUT,
+            )?,
+        };
+        let threads = match settings.threads {
+            Some(n) => {
+                NonZeroUsize::new(n).ok_or_else(|| invalid("threads", "must be at least 1"))?
+            }
+            None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        };
+        let grace_period = match settings.grace_period.as_deref() {
+            Some(text) => parse_duration("grace-period", text)?,
+            None => DEFAULT_GRACE_PERIOD,
+        };
+        let max_body_size = match settings.max_body_size.as_deref() {
+            Some(text) => match parse_size(text) {
+                Ok(0) => return Err(invalid("max-body-size", "must be greater than zero")),
+                Ok(size) => size,
+                Err(message) => return Err(invalid("max-body-size", message)),
+            },
+            None => DEFAULT_MAX_BODY_SIZE,
+        };
+        Ok(Self {
+            listen,
+            ops_listen,
+            service_name,
+            static_backends,
+            consul,
+            timeouts,
+            retries: settings.retries.unwrap_or(DEFAULT_RETRIES),
+            threads,
+            grace_period,
+            enable_management: settings.enable_management.unwrap_or(false),
+            register: settings.register.unwrap_or(false),
+            max_body_size,
+            log_format: settings.log_format.unwrap_or_default(),
+        })
+    }
+
+    /// The effective configuration in one line for the start-up log. Holds no secrets: the
+    /// Consul token is only said to be there.
+    pub fn summary(&self) -> String {
+        let backends = if self.static_backends.is_empty() {
+            format!("discovered in Consul (service {:?})", self.service_name)
+        } else {
+            let urls: Vec<&str> = self.static_backends.iter().map(|b| b.url()).collect();
+            format!("static: {}", urls.join(", "))
+        };
+        format!(
+            "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \
+             retries {}; threads {}; grace period {}; max body {} bytes; \
+             management {}; self-registration {}; log format {:?}",
+            self.listen,
+            self.ops_listen,
+            self.consul.address,
+            if self.consul.token.is_some() {
+                " (with ACL token)"
+            } else {
+                ""
+            },
+            humantime::format_duration(self.timeouts.connect),
+            humantime::format_duration(self.timeouts.read),
+            self.retries,
+            self.threads,
+            humantime::format_duration(self.grace_period),
+            self.max_body_size,
+            on_off(self.enable_management),
+            on_off(self.register),
+            self.log_format,
+        )
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn socket_addr(
+    field: &'static str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or(default);
+    text.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{text:?} is not an IP:PORT address (such as {default})"),
+        )
+    })
+}
+
+/// A timeout: a positive duration, or `default` when unset.
+fn timeout(
+    field: &'static str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    value.map_or(Ok(default), |text| positive_duration(field, text))
+}
+
+fn positive_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let parsed = parse_duration(field, text)?;
+    if parsed.is_zero() {
+        return Err(invalid(field, "must be greater than zero"));
+    }
+    Ok(parsed)
+}
+
+fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            field,
+            format!("{text:?} is not a duration such as 30s or 5m: {e}"),
+        )
+    })
+}
+
+/// Parses a size: a number of bytes, optionally followed by a unit. `KiB`, `MiB`, `GiB` (and
+/// `K`, `M`, `G`, as in Ollama's own settings) are powers of 1024; `kB`/`KB`, `MB`, `GB` are
+/// powers of 1000.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 64MiB, 10MB or 1048576"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, kB, MB or GB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests;

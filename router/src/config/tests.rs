@@ -1,0 +1,290 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ollama_mesh_consul::ConsulSettings;
+
+use super::*;
+
+fn parse(argv: &[&str]) -> Args {
+    let mut full = vec!["ollama-mesh-router"];
+    full.extend_from_slice(argv);
+    Args::try_parse_from(full).expect("flags parse")
+}
+
+fn config(argv: &[&str]) -> Result<RouterConfig, ConfigError> {
+    RouterConfig::from_args(&parse(argv), ConsulSettings::default())
+}
+
+fn error(argv: &[&str]) -> String {
+    config(argv).expect_err("invalid").to_string()
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "ollama-mesh-router-config-{}-{name}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let config = config(&[]).unwrap();
+    assert_eq!(
+        config.listen,
+        "0.0.0.0:11434".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        config.ops_listen,
+        "127.0.0.1:11435".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(config.service_name, "ollama");
+    assert!(config.static_backends.is_empty());
+    assert_eq!(config.consul.address.to_string(), "http://127.0.0.1:8500");
+    assert_eq!(
+        config.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(600),
+        }
+    );
+    assert_eq!(config.retries, 2);
+    assert_eq!(
+        config.threads,
+        std::thread::available_parallelism().unwrap()
+    );
+    assert_eq!(config.grace_period, Duration::from_secs(30));
+    assert!(!config.enable_management);
+    assert!(!config.register);
+    assert_eq!(config.max_body_size, 64 * 1024 * 1024);
+    assert_eq!(config.log_format, LogFormat::Text);
+}
+
+#[test]
+fn every_flag_is_read() {
+    let config = config(&[
+        "--listen=127.0.0.1:8080",
+        "--ops-listen=[::1]:9090",
+        "--service-name=gpu-pool",
+        "--backend=http://10.0.0.5:11434",
+        "--backend",
+        "http://gpu-2:11434/",
+        "--consul-addr=https://consul.internal:8501",
+        "--connect-timeout=2s",
+        "--read-timeout=15m",
+        "--retries=0",
+        "--threads=3",
+        "--grace-period=2m",
+        "--enable-management",
+        "--register",
+        "--max-body-size=10MB",
+        "--log-format=json",
+    ])
+    .unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.ops_listen.to_string(), "[::1]:9090");
+    assert_eq!(config.service_name, "gpu-pool");
+    let urls: Vec<&str> = config.static_backends.iter().map(|b| b.url()).collect();
+    assert_eq!(urls, ["http://10.0.0.5:11434", "http://gpu-2:11434"]);
+    assert_eq!(
+        config.consul.address.to_string(),
+        "https://consul.internal:8501"
+    );
+    assert_eq!(
+        config.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(2),
+            read: Duration::from_secs(900),
+        }
+    );
+    assert_eq!(config.retries, 0);
+    assert_eq!(config.threads.get(), 3);
+    assert_eq!(config.grace_period, Duration::from_secs(120));
+    assert!(config.enable_management);
+    assert!(config.register);
+    assert_eq!(config.max_body_size, 10_000_000);
+    assert_eq!(config.log_format, LogFormat::Json);
+}
+
+#[test]
+fn boolean_flags_take_an_explicit_value_too() {
+    let args = parse(&["--register=false", "--enable-management", "true"]);
+    assert_eq!(args.settings.register, Some(false));
+    assert_eq!(args.settings.enable_management, Some(true));
+    // As environment variables are often written.
+    let args = parse(&["--register=yes", "--enable-management=0"]);
+    assert_eq!(args.settings.register, Some(true));
+    assert_eq!(args.settings.enable_management, Some(false));
+}
+
+#[test]
+fn consul_addr_overrides_consul_http_addr_and_the_token_is_kept() {
+    let env = ConsulSettings {
+        http_addr: Some("10.1.1.1:8500".into()),
+        token: Some("s3cr3t-token".into()),
+        ..ConsulSettings::default()
+    };
+    let from_env = RouterConfig::from_args(&parse(&[]), env.clone()).unwrap();
+    assert_eq!(from_env.consul.address.to_string(), "http://10.1.1.1:8500");
+    let flagged = RouterConfig::from_args(&parse(&["--consul-addr=127.0.0.1:18500"]), env).unwrap();
+    assert_eq!(flagged.consul.address.to_string(), "http://127.0.0.1:18500");
+    assert_eq!(flagged.consul.token.as_deref(), Some("s3cr3t-token"));
+}
+
+#[test]
+fn the_file_gives_defaults_that_flags_override() {
+    let file = temp_file(
+        "precedence",
+        r#"
+            listen = "127.0.0.1:7000"
+            service-name = "from-file"
+            backend = ["http://10.0.0.1:11434", "http://10.0.0.2:11434"]
+            retries = 5
+            register = true
+            max-body-size = "1GiB"
+            log-format = "json"
+            read-timeout = "30s"
+        "#,
+    );
+    let path = file.to_str().unwrap();
+    let config = config(&[
+        &format!("--config={path}"),
+        "--listen=127.0.0.1:7001",
+        "--register=false",
+    ])
+    .unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:7001", "flag wins");
+    assert!(
+        !config.register,
+        "an explicit false flag wins over the file's true"
+    );
+    assert_eq!(config.service_name, "from-file");
+    assert_eq!(config.static_backends.len(), 2);
+    assert_eq!(config.retries, 5);
+    assert_eq!(config.max_body_size, 1 << 30);
+    assert_eq!(config.log_format, LogFormat::Json);
+    assert_eq!(config.timeouts.read, Duration::from_secs(30));
+
+    let overridden = self::config(&[
+        &format!("--config={path}"),
+        "--backend=http://10.9.9.9:11434",
+    ])
+    .unwrap();
+    let urls: Vec<&str> = overridden.static_backends.iter().map(|b| b.url()).collect();
+    assert_eq!(
+        urls,
+        ["http://10.9.9.9:11434"],
+        "flags replace the file's list"
+    );
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn file_errors_name_the_file_and_the_key() {
+    let file = temp_file(
+        "unknown-key",
+        "listen = \"127.0.0.1:7000\"\nlisten-port = 7\n",
+    );
+    let message = error(&[&format!("--config={}", file.display())]);
+    assert!(message.starts_with("--config "), "{message}");
+    assert!(message.contains("listen-port"), "{message}");
+    std::fs::remove_file(file).unwrap();
+
+    let missing = error(&["--config=/nonexistent/router.toml"]);
+    assert!(missing.contains("/nonexistent/router.toml"), "{missing}");
+}
+
+#[test]
+fn invalid_values_name_their_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--listen=11434"], "--listen: "),
+        (&["--ops-listen=localhost:x"], "--ops-listen: "),
+        (
+            &["--listen=127.0.0.1:9000", "--ops-listen=127.0.0.1:9000"],
+            "--ops-listen: must differ",
+        ),
+        (&["--service-name=no spaces"], "--service-name: "),
+        (&["--backend=https://gpu:11434"], "--backend: "),
+        (&["--backend=http://gpu:11434/api"], "--backend: "),
+        (
+            &["--backend=http://gpu:1", "--backend=http://gpu:1/"],
+            "--backend: ",
+        ),
+        (&["--consul-addr=ftp://consul"], "--consul-addr: "),
+        (&["--connect-timeout=soon"], "--connect-timeout: "),
+        (
+            &["--connect-timeout=0s"],
+            "--connect-timeout: must be greater than zero",
+        ),
+        (&["--read-timeout=-1s"], "--read-timeout: "),
+        (&["--read-timeout=0s"], "--read-timeout: "),
+        (&["--threads=0"], "--threads: must be at least 1"),
+        (&["--grace-period=forever"], "--grace-period: "),
+        (&["--max-body-size=64 parsecs"], "--max-body-size: "),
+        (
+            &["--max-body-size=0"],
+            "--max-body-size: must be greater than zero",
+        ),
+        (&["--max-body-size=99999999999GiB"], "--max-body-size: "),
+    ];
+    for (argv, expected) in cases {
+        let message = error(argv);
+        assert!(
+            message.starts_with(expected),
+            "{argv:?}: {message:?} should start with {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn a_zero_grace_period_is_allowed() {
+    assert_eq!(
+        config(&["--grace-period=0s"]).unwrap().grace_period,
+        Duration::ZERO
+    );
+}
+
+#[test]
+fn port_zero_may_be_shared_by_both_listeners() {
+    let config = config(&["--listen=127.0.0.1:0", "--ops-listen=127.0.0.1:0"]).unwrap();
+    assert_eq!(config.listen, config.ops_listen);
+}
+
+#[test]
+fn sizes_read_binary_and_decimal_units() {
+    assert_eq!(parse_size("1048576"), Ok(1 << 20));
+    assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+    assert_eq!(parse_size("64M"), Ok(64 << 20));
+    assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+    assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+    assert_eq!(parse_size("10MB"), Ok(10_000_000));
+    assert_eq!(parse_size("3kB"), Ok(3_000));
+    assert_eq!(parse_size("100B"), Ok(100));
+    assert!(parse_size("MiB").is_err());
+    assert!(parse_size("1.5GiB").is_err());
+    assert!(parse_size("12TiB").is_err());
+}
+
+#[test]
+fn the_summary_says_what_runs_and_hides_the_token() {
+    let env = ConsulSettings {
+        token: Some("s3cr3t-token".into()),
+        ..ConsulSettings::default()
+    };
+    let config = RouterConfig::from_args(
+        &parse(&["--backend=http://10.0.0.5:11434", "--read-timeout=2h"]),
+        env,
+    )
+    .unwrap();
+    let summary = config.summary();
+    assert!(!summary.contains("s3cr3t-token"), "{summary}");
+    assert!(summary.contains("with ACL token"), "{summary}");
+    assert!(
+        summary.contains("static: http://10.0.0.5:11434"),
+        "{summary}"
+    );
+    assert!(summary.contains("listen 0.0.0.0:11434"), "{summary}");
+    assert!(summary.contains("read 2h"), "{summary}");
+}

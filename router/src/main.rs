@@ -1,0 +1,145 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use ollama_mesh_consul::watch::WatchConfig;
+use ollama_mesh_consul::{Client, ConsulSettings};
+use ollama_mesh_router::config::{Args, LogFormat, RouterConfig};
+use ollama_mesh_router::metrics::Metrics;
+use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
+use ollama_mesh_router::registration::{RouterService, SelfRegistration};
+use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
+use ollama_mesh_router::static_fleet::{PollConfig, StaticFleet};
+use ollama_mesh_router::{ops, Discovery, Fleet};
+use ollama_mesh_systemd::Notifier;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How often readiness is checked before `READY=1` is sent to systemd.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = RouterConfig::from_args(&args, ConsulSettings::from_env())
+        .context("invalid configuration")?;
+    init_logging(config.log_format);
+    tracing::info!(config = %config.summary(), "starting ollama-mesh-router {}", env!("CARGO_PKG_VERSION"));
+
+    // Discovery, the ops endpoints, self-registration and signals run on a small runtime of
+    // their own; Pingora runs the proxy on its own threads.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ollama-mesh-control")
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    let _control_context = control.enter();
+    let consul = Client::new(&config.consul).context("invalid Consul configuration")?;
+    let notifier = Notifier::from_env();
+    let shutdown = Shutdown::default();
+
+    let fleet: Arc<dyn Fleet> = if config.static_backends.is_empty() {
+        Arc::new(Discovery::start(
+            consul.clone(),
+            config.service_name.clone(),
+            WatchConfig::default(),
+        ))
+    } else {
+        Arc::new(StaticFleet::start(
+            config.static_backends.clone(),
+            PollConfig::default(),
+        ))
+    };
+    let ops_listener = control
+        .block_on(tokio::net::TcpListener::bind(config.ops_listen))
+        .with_context(|| format!("cannot listen on --ops-listen {}", config.ops_listen))?;
+    let ops_addr = ops_listener.local_addr()?;
+    control.spawn(ops::serve(
+        ops_listener,
+        fleet.clone(),
+        Metrics::new(),
+        std::future::pending(),
+    ));
+    tracing::info!(%ops_addr, "ops endpoints: /metrics /healthz /readyz /v1/mesh/nodes");
+
+    let registration = config
+        .register
+        .then(|| RouterService::new(config.listen, ops_addr))
+        .transpose()
+        .context("cannot build the router's Consul registration")?
+        .map(|service| SelfRegistration::start(consul.clone(), service));
+    control.spawn(notify_when_ready(fleet.clone(), notifier.clone()));
+    control.spawn(stop_on_signal(shutdown.clone(), registration, notifier)?);
+
+    let active = ActiveRequests::default();
+    let settings = ProxySettings {
+        connect_timeout: config.timeouts.connect,
+        read_timeout: config.timeouts.read,
+        retries: config.retries as usize,
+        max_body_size: usize::try_from(config.max_body_size).unwrap_or(usize::MAX),
+        enable_management: config.enable_management,
+    };
+    let options = ServeOptions {
+        listen: config.listen.to_string(),
+        threads: config.threads.get(),
+        grace_period: config.grace_period,
+        max_attempts: config.retries as usize + 1,
+    };
+    server::serve(
+        MeshProxy::new(fleet, settings, active.clone()),
+        active,
+        &options,
+        &shutdown,
+    );
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `READY=1` once the first backend set is published (and `WATCHDOG=1` from then on, when
+/// systemd asks for it).
+async fn notify_when_ready(fleet: Arc<dyn Fleet>, notifier: Notifier) {
+    while !fleet.is_ready() {
+        tokio::time::sleep(READY_POLL).await;
+    }
+    notifier.ready();
+    if let Some(interval) = notifier.watchdog_interval() {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            notifier.watchdog();
+        }
+    }
+}
+
+/// On SIGTERM or SIGINT (Nomad's default): leave Consul first so no new clients are sent here,
+/// then let running requests finish.
+fn stop_on_signal(
+    shutdown: Shutdown,
+    registration: Option<SelfRegistration>,
+    notifier: Notifier,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+        notifier.stopping();
+        if let Some(registration) = registration {
+            registration.stop().await;
+        }
+        shutdown.trigger();
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,568 @@
+//! The Pingora proxy: one [`ProxyHttp`] implementation, its hooks kept thin and the work done in
+//! one module per concern.
+//!
+//! * `route`: what a request is, from its method and normalized path.
+//! * `body`: reading the body to learn the model, within a size limit.
+//! * `views`: fleet-wide `/api/tags`, `/api/ps`, `/v1/models` and `/api/version`.
+//! * `dialect`: errors as Ollama or OpenAI clients expect them.
+//! * `completion`: generation statistics read off the streaming response.
+//! * `large_body`: bodies larger than Pingora's replay buffer, sent through a subrequest.
+//!
+//! A request that names a model is sent to a backend chosen by [`crate::select::choose`]; the
+//! choice's in-flight guard lives in the request context, so every way a request ends releases
+//! it. Requests the router does not need to understand (a bad body, an unknown path) go to any
+//! backend, so the caller gets Ollama's own answer.
+
+mod body;
+mod completion;
+mod dialect;
+mod large_body;
+mod route;
+mod views;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Uri};
+use ollama_mesh_consul::contract::meta::canonical_model_name;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::metrics::Metrics;
+use crate::select::{self, SelectError};
+use crate::server::{ActiveRequest, ActiveRequests};
+use crate::{Fleet, InFlightGuard};
+use body::{BodyBuffer, ModelInBody};
+use completion::CompletionScanner;
+pub use route::{Dialect, Management, Route};
+use views::{View, Views};
+
+/// Header naming the instance a model-management request is for.
+pub const NODE_HEADER: &str = "x-ollama-mesh-node";
+/// Header carrying the request's ID to the backend and back to the client.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+const JSON: &str = "application/json; charset=utf-8";
+
+/// How requests are proxied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Longest wait for a TCP connection to a backend.
+    pub connect_timeout: Duration,
+    /// Longest wait for any read from a backend: the first byte (which includes a model load)
+    /// and every gap between chunks.
+    pub read_timeout: Duration,
+    /// How many other backends to try when one fails before answering.
+    pub retries: usize,
+    /// Largest request body accepted.
+    pub max_body_size: usize,
+    /// Whether model-management endpoints are served.
+    pub enable_management: bool,
+}
+
+/// Ollama's API for the whole fleet.
+pub struct MeshProxy {
+    fleet: Arc<dyn Fleet>,
+    settings: ProxySettings,
+    views: Views,
+    active: ActiveRequests,
+    metrics: Metrics,
+}
+
+/// What the router knows about one request.
+pub struct RequestContext {
+    route: Route,
+    model: Option<String>,
+    request_id: String,
+    /// A backend chosen before `upstream_peer` (so a missing model is answered early).
+    chosen: Option<InFlightGuard>,
+    /// The backend of the current attempt; dropping it releases its in-flight count.
+    current: Option<InFlightGuard>,
+    tried: Vec<Arc<str>>,
+    retries_left: usize,
+    started: Instant,
+    completion: Option<CompletionScanner>,
+    /// The body went to a subrequest, which proxies and accounts for it.
+    forwarded_to_subrequest: bool,
+    rng: fastrand::Rng,
+    _active: ActiveRequest,
+}
+
+impl RequestContext {
+    /// The model as a metric label: only names a backend was chosen for (so label values stay
+    /// bounded by the fleet's models), `none` when the request names no model, else `unknown`.
+    fn model_label(&self) -> String {
+        match (&self.model, self.current.is_some() || self.chosen.is_some()) {
+            (None, _) => "none".to_owned(),
+            (Some(model), true) => canonical_model_name(model),
+            (Some(_), false) => "unknown".to_owned(),
+        }
+    }
+}
+
+impl MeshProxy {
+    /// A proxy over `fleet`, counting its requests in `active` (for draining at shutdown).
+    pub fn new(fleet: Arc<dyn Fleet>, settings: ProxySettings, active: ActiveRequests) -> Self {
+        let views = Views::new(settings.connect_timeout.max(Duration::from_secs(5)));
+        Self {
+            fleet,
+            settings,
+            views,
+            active,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Answers what the router answers itself; returns whether the request is done.
+    async fn answer_locally(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        let dialect = ctx.route.dialect();
+        let set = self.fleet.backends();
+        let view = match &ctx.route {
+            Route::Root => {
+                respond(
+                    session,
+                    200,
+                    "text/plain; charset=utf-8",
+                    Bytes::from_static(b"Ollama is running"),
+                )
+                .await?;
+                return Ok(true);
+            }
+            Route::Version => {
+                match views::fleet_version(&set) {
+                    Some(version) => {
+                        let body = serde_json::json!({ "version": version }).to_string();
+                        respond(session, 200, JSON, Bytes::from(body)).await?;
+                    }
+                    None => {
+                        respond_error(
+                            session,
+                            dialect,
+                            503,
+                            &SelectError::NoneAvailable.to_string(),
+                        )
+                        .await?
+                    }
+                }
+                return Ok(true);
+            }
+            Route::Tags => View::Tags,
+            Route::Ps => View::Ps,
+            Route::OpenAiModels => View::OpenAiModels,
+            Route::OpenAiModel(model) => {
+                ctx.model = Some(model.clone());
+                return self.choose_early(session, ctx).await;
+            }
+            Route::ModelRouted { .. } => return self.read_model(session, ctx).await,
+            Route::Management(management) => {
+                return self.management(session, ctx, *management).await
+            }
+            Route::Other => return Ok(false),
+        };
+        let body = self.views.gather(view, &set).await;
+        respond(session, 200, JSON, body).await?;
+        Ok(true)
+    }
+
+    /// Reads the body to find the model, then chooses a backend for it.
+    async fn read_model(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+        ctx.completion = Some(CompletionScanner::default());
+        if let Some(forwarded) = large_body::forwarded(session) {
+            // The parent request read the body already and streams it to this subrequest.
+            ctx.request_id.clone_from(&forwarded.request_id);
+            ctx.model.clone_from(&forwarded.model);
+            return self.choose_early(session, ctx).await;
+        }
+        session.enable_retry_buffering();
+        let mut buffer = BodyBuffer::new(self.settings.max_body_size);
+        while let Some(chunk) = session.read_request_body().await? {
+            if let Err(too_large) = buffer.push(&chunk) {
+                let message = format!("request body is larger than {} bytes", too_large.limit);
+                respond_error(session, ctx.route.dialect(), 413, &message).await?;
+                return Ok(true);
+            }
+        }
+        let body = buffer.freeze();
+        if let ModelInBody::Named(model) = body::model_in(&body) {
+            ctx.model = Some(model);
+        }
+        if self.choose_early(session, ctx).await? {
+            return Ok(true);
+        }
+        if session.as_ref().retry_buffer_truncated() {
+            // Pingora replays at most 64 KiB of a body it has already read; a larger one goes
+            // through a subrequest fed from memory, which streams its response back here.
+            ctx.chosen = None;
+            ctx.completion = None;
+            ctx.forwarded_to_subrequest = true;
+            large_body::forward(session, ctx, body).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Chooses the first backend now, so that "no such model" is answered in the caller's
+    /// dialect before anything is sent upstream.
+    async fn choose_early(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+        let set = self.fleet.backends();
+        match select::choose(&set, ctx.model.as_deref(), &ctx.tried, &mut ctx.rng) {
+            Ok(guard) => {
+                ctx.chosen = Some(guard);
+                Ok(false)
+            }
+            Err(error) => {
+                let (status, message) = describe(&error);
+                respond_error(session, ctx.route.dialect(), status, &message).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Model management changes a node's disk: off unless enabled, and aimed at one node.
+    async fn management(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        management: Management,
+    ) -> Result<bool> {
+        if !self.settings.enable_management {
+            let message = format!(
+                "/api/{} is disabled on this router; start it with --enable-management to allow model management",
+                management.label()
+            );
+            respond_error(session, Dialect::Native, 403, &message).await?;
+            return Ok(true);
+        }
+        let target = session
+            .get_header(NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let Some(target) = target else {
+            let message = format!("model management needs the target instance in the {NODE_HEADER} header (see /v1/mesh/nodes)");
+            respond_error(session, Dialect::Native, 400, &message).await?;
+            return Ok(true);
+        };
+        let set = self.fleet.backends();
+        match set.get(&target) {
+            Some(backend) => {
+                ctx.chosen = Some(InFlightGuard::new(backend.clone()));
+                Ok(false)
+            }
+            None => {
+                respond_error(
+                    session,
+                    Dialect::Native,
+                    404,
+                    &format!("no instance {target:?} in the fleet"),
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for MeshProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext {
+            route: Route::Other,
+            model: None,
+            request_id: String::new(),
+            chosen: None,
+            current: None,
+            tried: Vec::new(),
+            retries_left: self.settings.retries,
+            started: Instant::now(),
+            completion: None,
+            forwarded_to_subrequest: false,
+            rng: fastrand::Rng::new(),
+            _active: self.active.start(),
+        }
+    }
+
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestContext) -> bool {
+        session.subrequest_ctx.is_none()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        ctx.request_id = session
+            .get_header(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+            .map_or_else(|| format!("{:032x}", ctx.rng.u128(..)), str::to_owned);
+        let header = session.req_header();
+        let Some(path) = route::normalize(header.uri.path()) else {
+            respond_error(session, Dialect::Native, 400, "invalid request path").await?;
+            return Ok(true);
+        };
+        if path != header.uri.path() {
+            let uri = match header.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            let uri: Uri = uri
+                .parse()
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "normalized path", e))?;
+            session.req_header_mut().set_uri(uri);
+        }
+        ctx.route = Route::classify(&session.req_header().method, &path);
+        self.answer_locally(session, ctx).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Box<HttpPeer>> {
+        let guard = match ctx.chosen.take() {
+            Some(guard) => guard,
+            None => {
+                let set = self.fleet.backends();
+                select::choose(&set, ctx.model.as_deref(), &ctx.tried, &mut ctx.rng).map_err(
+                    |error| {
+                        let (status, message) = describe(&error);
+                        Error::explain(ErrorType::HTTPStatus(status), message)
+                    },
+                )?
+            }
+        };
+        let backend = guard.backend();
+        ctx.tried.push(backend.id().clone());
+        let mut peer = HttpPeer::new(backend.address(), false, String::new());
+        peer.options.connection_timeout = Some(self.settings.connect_timeout);
+        peer.options.read_timeout = Some(self.settings.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        ctx.current = Some(guard);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let Some(guard) = &ctx.current {
+            // Ollama on loopback refuses foreign Host headers; the backend's own address passes.
+            upstream.insert_header(http::header::HOST, guard.backend().address())?;
+        }
+        upstream.remove_header(NODE_HEADER);
+        upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        // Ollama's "server busy" comes before any byte of a generation: another node may have room.
+        if upstream.status.as_u16() == 503
+            && ctx.retries_left > 0
+            && ctx.tried.len() < self.fleet.backends().len()
+        {
+            ctx.retries_left -= 1;
+            self.metrics.retry(ctx.route.label(), "busy");
+            let mut error = Error::explain(ErrorType::HTTPStatus(503), "backend busy");
+            error.set_retry(true);
+            return Err(error);
+        }
+        upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        self.metrics
+            .first_byte(ctx.route.label(), &ctx.model_label(), ctx.started.elapsed());
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<Duration>> {
+        if let (Some(scanner), Some(data)) = (ctx.completion.as_mut(), body.as_ref()) {
+            scanner.feed(data);
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if ctx.retries_left > 0 {
+            ctx.retries_left -= 1;
+            self.metrics.retry(ctx.route.label(), "connect");
+            tracing::warn!(request_id = %ctx.request_id, %peer, error = %e, "cannot connect to backend; trying another");
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestContext,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("backend {peer}"));
+        // Retry only while the client has seen nothing and the body can be sent again.
+        let retriable = ctx.retries_left > 0
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated();
+        if retriable {
+            ctx.retries_left -= 1;
+            self.metrics.retry(ctx.route.label(), "upstream_error");
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "backend failed before answering; trying another");
+        }
+        e.set_retry(retriable);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        let dialect = ctx.route.dialect();
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ if e.esource() == &ErrorSource::Downstream => 0,
+            _ => 502,
+        };
+        let message = match e.etype() {
+            ErrorType::HTTPStatus(_) => e
+                .context
+                .as_ref()
+                .map_or_else(|| e.to_string(), |c| c.as_str().to_owned()),
+            _ => format!("the Ollama backend failed: {e}"),
+        };
+        if code > 0 {
+            let written = if session.response_written().is_some() {
+                // Mid-stream: end the stream with an error line the client's parser understands.
+                session
+                    .write_response_body(Some(dialect::stream_error(dialect, &message)), true)
+                    .await
+            } else {
+                respond_error(session, dialect, code, &message).await
+            };
+            if let Err(write_error) = written {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not tell the client");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        error: Option<&Error>,
+        ctx: &mut RequestContext,
+    ) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let model = ctx.model_label();
+        let elapsed = ctx.started.elapsed();
+        let generated = ctx.completion.take().and_then(CompletionScanner::finish);
+        let backend = ctx.current.as_ref().map(|g| g.backend().id().clone());
+        if let (Some(generated), Some(backend)) = (generated, &backend) {
+            self.metrics
+                .tokens(&model, backend, generated.tokens, generated.duration);
+        }
+        // A request forwarded through a subrequest is counted there, with its backend.
+        if !ctx.forwarded_to_subrequest {
+            self.metrics
+                .request_finished(ctx.route.label(), &model, status, elapsed);
+        }
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            route = ctx.route.label(),
+            model,
+            backend = backend.as_deref().unwrap_or(""),
+            status,
+            ?elapsed,
+            tokens = generated.map(|g| g.tokens),
+            error = error.map(|e| e.to_string()),
+            "request done"
+        );
+        ctx.current = None;
+        ctx.chosen = None;
+    }
+}
+
+/// The status and message for a failed choice.
+fn describe(error: &SelectError) -> (u16, String) {
+    match error {
+        SelectError::ModelNotFound { model, available } => (
+            404,
+            if available.is_empty() {
+                format!("model '{model}' not found")
+            } else {
+                format!(
+                    "model '{model}' not found; the fleet has: {}",
+                    available.join(", ")
+                )
+            },
+        ),
+        SelectError::NoneAvailable | SelectError::AllTried { .. } => (503, error.to_string()),
+    }
+}
+
+/// Writes a complete response (headers only for `HEAD`).
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> Result<()> {
+    let head_only = session.req_header().method == Method::HEAD;
+    let mut header = ResponseHeader::build(status, Some(2))?;
+    header.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+async fn respond_error(
+    session: &mut Session,
+    dialect: Dialect,
+    status: u16,
+    message: &str,
+) -> Result<()> {
+    respond(
+        session,
+        status,
+        JSON,
+        dialect::error_body(dialect, status, message),
+    )
+    .await
+}

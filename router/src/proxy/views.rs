@@ -1,0 +1,262 @@
+//! Fleet-wide views: `/api/tags`, `/api/ps` and `/v1/models` answered for the whole fleet, in
+//! Ollama's shapes, by asking every node that takes work and merging the answers; and the
+//! fleet's `/api/version`.
+//!
+//! Meta carries only model names, while clients read sizes, digests and details, so the views
+//! ask the nodes themselves. They are rarely called (model pickers, health probes), so the
+//! fan-out costs nothing on the request path.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::{Backend, BackendSet};
+
+/// Largest answer read from one node.
+const MAX_VIEW_BODY: usize = 16 << 20;
+
+/// Asks nodes for their views and merges them.
+#[derive(Clone)]
+pub struct Views {
+    http: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+/// Which list to gather.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// `/api/tags`: models on disk, one entry per model.
+    Tags,
+    /// `/api/ps`: loaded models, one entry per model and node, each naming its node.
+    Ps,
+    /// `/v1/models`: models on disk in OpenAI's list shape.
+    OpenAiModels,
+}
+
+impl Views {
+    /// A client whose requests to one node give up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            timeout,
+        }
+    }
+
+    /// The merged view across every node that takes work. Nodes that fail to answer are left
+    /// out (and logged): a model picker should not break because one node is slow.
+    pub async fn gather(&self, view: View, set: &BackendSet) -> Bytes {
+        let path = match view {
+            View::Tags => "/api/tags",
+            View::Ps => "/api/ps",
+            View::OpenAiModels => "/v1/models",
+        };
+        let nodes: Vec<&std::sync::Arc<Backend>> = set
+            .backends()
+            .iter()
+            .filter(|b| b.state().accepts_new_work())
+            .collect();
+        let answers = join_all(nodes.iter().map(|b| self.fetch(b, path))).await;
+        let lists = nodes
+            .iter()
+            .zip(answers)
+            .filter_map(|(backend, answer)| match answer {
+                Ok(value) => Some((backend.id().to_string(), value)),
+                Err(error) => {
+                    tracing::warn!(node = %backend.id(), path, %error, "node left out of the fleet view");
+                    None
+                }
+            });
+        let merged = match view {
+            View::Tags => merge_tags(lists),
+            View::Ps => merge_ps(lists),
+            View::OpenAiModels => merge_openai_models(lists),
+        };
+        Bytes::from(merged.to_string())
+    }
+
+    async fn fetch(&self, backend: &Backend, path: &str) -> Result<Value, String> {
+        let request = Request::get(format!("http://{}{path}", backend.address()))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("answered {}", response.status()));
+            }
+            let body = Limited::new(response.into_body(), MAX_VIEW_BODY)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+}
+
+/// The entries of `key` in each node's answer.
+fn entries(value: Value, key: &str) -> Vec<Value> {
+    match value {
+        Value::Object(mut object) => match object.remove(key) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// One entry per model name, newest first (Ollama's order).
+fn merge_tags(lists: impl Iterator<Item = (String, Value)>) -> Value {
+    let mut models = unique_by(lists.flat_map(|(_, v)| entries(v, "models")), "name");
+    sort_desc_by(&mut models, "modified_at");
+    json!({ "models": models })
+}
+
+/// Every loaded model on every node, each with a `node` field naming its instance (clients
+/// ignore fields they do not know), latest expiry first (Ollama's order).
+fn merge_ps(lists: impl Iterator<Item = (String, Value)>) -> Value {
+    let mut models: Vec<Value> = lists
+        .flat_map(|(node, value)| {
+            entries(value, "models").into_iter().map(move |mut model| {
+                if let Value::Object(fields) = &mut model {
+                    fields.insert("node".into(), Value::String(node.clone()));
+                }
+                model
+            })
+        })
+        .collect();
+    sort_desc_by(&mut models, "expires_at");
+    json!({ "models": models })
+}
+
+/// One entry per model id, newest first.
+fn merge_openai_models(lists: impl Iterator<Item = (String, Value)>) -> Value {
+    let mut data = unique_by(lists.flat_map(|(_, v)| entries(v, "data")), "id");
+    data.sort_by_key(|m| std::cmp::Reverse(m.get("created").and_then(Value::as_i64)));
+    json!({ "object": "list", "data": data })
+}
+
+fn unique_by(items: impl Iterator<Item = Value>, key: &str) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .filter(|item| {
+            item.get(key)
+                .and_then(Value::as_str)
+                .is_some_and(|k| seen.insert(k.to_owned()))
+        })
+        .collect()
+}
+
+/// Sorts by an RFC 3339 timestamp field, latest first. Ollama writes them in one offset per
+/// node, so comparing the text orders them correctly within a fleet in one time zone.
+fn sort_desc_by(items: &mut [Value], key: &str) {
+    items.sort_by(|a, b| {
+        let field = |v: &Value| v.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+        field(b).cmp(&field(a))
+    });
+}
+
+/// The fleet's version for `/api/version`: the oldest Ollama among the nodes that take work,
+/// since a client may only rely on features every node has.
+pub fn fleet_version(set: &BackendSet) -> Option<String> {
+    set.backends()
+        .iter()
+        .filter(|b| b.state().accepts_new_work())
+        .filter_map(|b| b.meta().ok()?.ollama_version.clone())
+        .min_by_key(|version| version_key(version))
+}
+
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split(['.', '-', '+'])
+        .map_while(|part| part.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_deduplicated_newest_first() {
+        let a = json!({"models": [
+            {"name": "llama3.2:3b", "modified_at": "2026-01-02T00:00:00Z", "size": 1},
+            {"name": "qwen2.5:7b", "modified_at": "2026-01-01T00:00:00Z", "size": 2},
+        ]});
+        let b = json!({"models": [
+            {"name": "qwen2.5:7b", "modified_at": "2026-01-01T00:00:00Z", "size": 2},
+            {"name": "mistral:7b", "modified_at": "2026-01-03T00:00:00Z", "size": 3},
+        ]});
+        let merged = merge_tags(vec![("a".to_owned(), a), ("b".to_owned(), b)].into_iter());
+        let names: Vec<&str> = merged["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["mistral:7b", "llama3.2:3b", "qwen2.5:7b"]);
+    }
+
+    #[test]
+    fn ps_names_the_node_of_every_entry() {
+        let a = json!({"models": [{"name": "llama3.2:3b", "expires_at": "2026-01-01T00:05:00Z"}]});
+        let b = json!({"models": [{"name": "llama3.2:3b", "expires_at": "2026-01-01T00:09:00Z"}]});
+        let merged = merge_ps(vec![("gpu-a".to_owned(), a), ("gpu-b".to_owned(), b)].into_iter());
+        let nodes: Vec<&str> = merged["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            nodes,
+            ["gpu-b", "gpu-a"],
+            "same model on two nodes: two entries, latest expiry first"
+        );
+    }
+
+    #[test]
+    fn openai_models_keep_the_list_shape() {
+        let a = json!({"object": "list", "data": [{"id": "x:latest", "object": "model", "created": 1, "owned_by": "library"}]});
+        let merged =
+            merge_openai_models(vec![("a".to_owned(), a.clone()), ("b".to_owned(), a)].into_iter());
+        assert_eq!(merged["object"], "list");
+        assert_eq!(merged["data"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn garbage_answers_contribute_nothing() {
+        let merged = merge_tags(
+            vec![
+                ("a".to_owned(), json!("nope")),
+                ("b".to_owned(), json!({"models": 3})),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(merged, json!({"models": []}));
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_key("0.9.10") > version_key("0.9.9"));
+        assert!(
+            version_key("0.17.4")
+                > version_key("0.17.4-rc1")
+                    .into_iter()
+                    .take(2)
+                    .collect::<Vec<_>>()
+        );
+    }
+}

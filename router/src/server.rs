@@ -1,0 +1,142 @@
+//! Running the proxy on Pingora's server: listener, worker threads, and a shutdown that lets
+//! running requests finish without waiting longer than they need.
+//!
+//! Pingora's own graceful shutdown sleeps a fixed grace period whatever is running. Here the
+//! shutdown signal is held back until the router has nothing in flight (or the grace period
+//! ends), and only then handed to Pingora with no further grace: an idle router stops at once,
+//! a busy one lets its streams finish. Requests that arrive meanwhile are still served, so a
+//! router that is being replaced drops nothing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::proxy::MeshProxy;
+
+/// How often a draining router checks whether its requests have finished.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Where and how to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Listen address, `host:port`.
+    pub listen: String,
+    /// Pingora worker threads.
+    pub threads: usize,
+    /// Longest time running requests may take to finish after shutdown is requested.
+    pub grace_period: Duration,
+    /// Upper bound on attempts per request (first try plus retries).
+    pub max_attempts: usize,
+}
+
+/// Requests the router is handling right now.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveRequests(Arc<AtomicUsize>);
+
+/// Counts one request while it lives.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<AtomicUsize>);
+
+impl ActiveRequests {
+    /// Starts counting a request.
+    pub fn start(&self) -> ActiveRequest {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(self.0.clone())
+    }
+
+    /// How many are running.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Asks a running server to shut down (gracefully). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Shutdown(Arc<watch::Sender<bool>>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Shutdown {
+    /// Requests the shutdown.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+/// Runs `proxy` until `shutdown` is triggered and its requests have drained. Blocks the
+/// calling thread (Pingora runs its own runtimes); call it from `main` or a dedicated thread.
+pub fn serve(
+    proxy: MeshProxy,
+    active: ActiveRequests,
+    options: &ServeOptions,
+    shutdown: &Shutdown,
+) {
+    let conf = ServerConf {
+        threads: options.threads,
+        // The draining happens before Pingora hears of the shutdown (see the module docs).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        max_retries: options.max_attempts.max(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    service.add_tcp(&options.listen);
+    server.add_service(service);
+    server.bootstrap();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainThenStop {
+            requested: shutdown.subscribe(),
+            active,
+            grace_period: options.grace_period,
+        }),
+    });
+}
+
+struct DrainThenStop {
+    requested: watch::Receiver<bool>,
+    active: ActiveRequests,
+    grace_period: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainThenStop {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut requested = self.requested.clone();
+        // A dropped trigger cannot fire any more: treat it as a request to stop.
+        let _ = requested.wait_for(|stop| *stop).await;
+        let deadline = Instant::now() + self.grace_period;
+        tracing::info!(in_flight = self.active.count(), grace_period = ?self.grace_period, "shutting down: letting running requests finish");
+        while self.active.count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let left = self.active.count();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "grace period over; stopping with requests still running"
+            );
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
