@@ -1,200 +1,18 @@
 //! The proxy end to end: a real Pingora server in front of simulated Ollama nodes.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::*;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use ollama_mesh_consul::agent::Weights;
-use ollama_mesh_consul::contract::{ModelList, NodeMeta};
-use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
-use ollama_mesh_consul::watch::WatchStatus;
-use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
-use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
-use ollama_mesh_router::{BackendSet, Fleet};
+use http_body_util::Full;
+use ollama_mesh_router::proxy::ProxySettings;
 use ollama_mesh_sim::NodeSpec;
 use ollama_mesh_test_support::{free_port, SimNode};
 use serde_json::{json, Value};
-
-/// A fixed fleet: the backend set the proxy sees, built the way discovery builds it.
-struct FixedFleet(Arc<BackendSet>);
-
-impl Fleet for FixedFleet {
-    fn backends(&self) -> Arc<BackendSet> {
-        self.0.clone()
-    }
-    fn is_ready(&self) -> bool {
-        true
-    }
-    fn watches(&self) -> Vec<(&'static str, Arc<WatchStatus>)> {
-        Vec::new()
-    }
-}
-
-/// An instance entry for a node at `addr` with `on_disk` and `loaded` models.
-fn entry(
-    id: &str,
-    addr: SocketAddr,
-    on_disk: &[&str],
-    loaded: &[&str],
-    weight: u32,
-) -> ServiceEntry {
-    let meta = NodeMeta {
-        gpu_count: 1,
-        parallel_slots: 4,
-        models_on_disk: ModelList::new(on_disk.iter().copied()),
-        models_loaded: ModelList::new(loaded.iter().copied()),
-        ollama_version: Some("0.17.4".into()),
-        sidecar_version: "test".into(),
-        ..NodeMeta::default()
-    };
-    ServiceEntry {
-        node: Node {
-            node: format!("node-{id}"),
-            address: "127.0.0.1".into(),
-            ..Node::default()
-        },
-        service: CatalogService {
-            id: id.into(),
-            service: "ollama".into(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            meta: meta.to_consul_meta(),
-            weights: Weights {
-                passing: weight,
-                warning: 1,
-            },
-            ..CatalogService::default()
-        },
-        checks: vec![HealthCheck {
-            check_id: "serfHealth".into(),
-            status: CheckStatus::Passing,
-            ..HealthCheck::default()
-        }],
-    }
-}
-
-fn settings() -> ProxySettings {
-    ProxySettings {
-        connect_timeout: Duration::from_secs(1),
-        read_timeout: Duration::from_secs(30),
-        retries: 2,
-        max_body_size: 64 << 20,
-        enable_management: false,
-    }
-}
-
-/// A router on a free port, shut down (gracefully) on drop.
-struct Router {
-    addr: SocketAddr,
-    shutdown: Shutdown,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Router {
-    async fn start(entries: Vec<ServiceEntry>, settings: ProxySettings) -> Self {
-        let set = BackendSet::build(&entries, &[], &BackendSet::default());
-        let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
-        let active = ActiveRequests::default();
-        let proxy = MeshProxy::new(fleet, settings, active.clone());
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let options = ServeOptions {
-            listen: addr.to_string(),
-            threads: 2,
-            grace_period: Duration::from_secs(10),
-            max_attempts: 3,
-        };
-        let shutdown = Shutdown::default();
-        let trigger = shutdown.clone();
-        let thread = std::thread::spawn(move || server::serve(proxy, active, &options, &trigger));
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "router did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self {
-            addr,
-            shutdown,
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Triggers shutdown and waits for the server thread; returns how long it took.
-    async fn stop(mut self) -> Duration {
-        let started = Instant::now();
-        self.shutdown.trigger();
-        let thread = self.thread.take().unwrap();
-        tokio::task::spawn_blocking(move || thread.join().unwrap())
-            .await
-            .unwrap();
-        started.elapsed()
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-    fn content_type(&self) -> &str {
-        self.headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn call(method: Method, url: &str, body: impl Into<Bytes>) -> Answer {
-    let request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(body.into()))
-        .unwrap();
-    let response = client().request(request).await.expect("request");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-async fn post(url: &str, body: Value) -> Answer {
-    call(Method::POST, url, body.to_string()).await
-}
-
-fn requests_on(node: &SimNode) -> u64 {
-    node.sim().stats()["requests_total"].as_u64().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_only_to_nodes_with_the_model_and_prefer_warm_ones() {
@@ -583,36 +401,56 @@ async fn management_is_off_unless_enabled_and_then_aimed_at_one_node() {
         },
     )
     .await;
-    let untargeted = post(
-        &open.url("/api/copy"),
-        json!({"source": "llama3.2:3b", "destination": "mine"}),
-    )
-    .await;
-    assert_eq!(untargeted.status, 400);
-    let request = Request::post(open.url("/api/copy"))
+    let has = |tags: &Value, name: &str| {
+        tags["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == name)
+    };
+    let targeted = Request::post(open.url("/api/copy"))
         .header("x-ollama-mesh-node", "b")
         .body(Full::new(Bytes::from(
-            json!({"source": "llama3.2:3b", "destination": "mine"}).to_string(),
+            json!({"source": "llama3.2:3b", "destination": "only-b"}).to_string(),
         )))
         .unwrap();
-    let response = client().request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let tags = call(Method::GET, &format!("{}/api/tags", b.url()), "")
+    assert_eq!(client().request(targeted).await.unwrap().status(), 200);
+    let on_a = call(Method::GET, &format!("{}/api/tags", a.url()), "")
         .await
         .json();
-    assert!(tags["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["name"] == "mine:latest"));
-    let tags = call(Method::GET, &format!("{}/api/tags", a.url()), "")
+    let on_b = call(Method::GET, &format!("{}/api/tags", b.url()), "")
         .await
         .json();
-    assert!(!tags["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["name"] == "mine:latest"));
+    assert!(has(&on_b, "only-b:latest") && !has(&on_a, "only-b:latest"));
+
+    // No target: every node, one aggregated answer.
+    let everywhere = post(
+        &open.url("/api/copy"),
+        json!({"source": "llama3.2:3b", "destination": "all"}),
+    )
+    .await;
+    assert_eq!(everywhere.status, 200, "{:?}", everywhere.body);
+    let answer = everywhere.json();
+    assert_eq!(answer["status"], "success");
+    assert_eq!(answer["nodes"].as_array().unwrap().len(), 2);
+    for node in [&a, &b] {
+        let tags = call(Method::GET, &format!("{}/api/tags", node.url()), "")
+            .await
+            .json();
+        assert!(has(&tags, "all:latest"));
+    }
+    let partly = call(
+        Method::DELETE,
+        &open.url("/api/delete"),
+        json!({"model": "only-b"}).to_string(),
+    )
+    .await;
+    assert_eq!(partly.status, 502, "deleted on b, missing on a");
+    let error = partly.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("delete failed on 1 of 2 nodes") && error.contains("a: 404"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

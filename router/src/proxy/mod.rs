@@ -5,6 +5,8 @@
 //! * `body`: reading the body to learn the model, within a size limit.
 //! * `views`: fleet-wide `/api/tags`, `/api/ps`, `/v1/models` and `/api/version`.
 //! * `dialect`: errors as Ollama or OpenAI clients expect them.
+//! * `fanout` and `broadcast`: one request to every node, for model management without a
+//!   target node.
 //! * `completion`: generation statistics read off the streaming response.
 //! * `large_body`: bodies larger than Pingora's replay buffer, sent through a subrequest.
 //!
@@ -14,8 +16,10 @@
 //! backend, so the caller gets Ollama's own answer.
 
 mod body;
+mod broadcast;
 mod completion;
 mod dialect;
+mod fanout;
 mod large_body;
 mod route;
 mod views;
@@ -38,6 +42,7 @@ use crate::server::{ActiveRequest, ActiveRequests};
 use crate::{Fleet, InFlightGuard};
 use body::{BodyBuffer, ModelInBody};
 use completion::CompletionScanner;
+use fanout::FanOut;
 pub use route::{Dialect, Management, Route};
 use views::{View, Views};
 
@@ -69,6 +74,7 @@ pub struct MeshProxy {
     fleet: Arc<dyn Fleet>,
     settings: ProxySettings,
     views: Views,
+    fanout: FanOut,
     active: ActiveRequests,
     metrics: Metrics,
 }
@@ -107,11 +113,16 @@ impl RequestContext {
 impl MeshProxy {
     /// A proxy over `fleet`, counting its requests in `active` (for draining at shutdown).
     pub fn new(fleet: Arc<dyn Fleet>, settings: ProxySettings, active: ActiveRequests) -> Self {
-        let views = Views::new(settings.connect_timeout.max(Duration::from_secs(5)));
+        let fanout = FanOut::new();
+        let views = Views::new(
+            fanout.clone(),
+            settings.connect_timeout.max(Duration::from_secs(5)),
+        );
         Self {
             fleet,
             settings,
             views,
+            fanout,
             active,
             metrics: Metrics::new(),
         }
@@ -246,9 +257,7 @@ impl MeshProxy {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let Some(target) = target else {
-            let message = format!("model management needs the target instance in the {NODE_HEADER} header (see /v1/mesh/nodes)");
-            respond_error(session, Dialect::Native, 400, &message).await?;
-            return Ok(true);
+            return self.broadcast(session, management).await;
         };
         let set = self.fleet.backends();
         match set.get(&target) {
@@ -267,6 +276,36 @@ impl MeshProxy {
                 Ok(true)
             }
         }
+    }
+}
+
+impl MeshProxy {
+    /// Sends a management request to every node that takes work and answers for all of them.
+    async fn broadcast(&self, session: &mut Session, management: Management) -> Result<bool> {
+        let mut buffer = BodyBuffer::new(self.settings.max_body_size);
+        while let Some(chunk) = session.read_request_body().await? {
+            if let Err(too_large) = buffer.push(&chunk) {
+                let message = format!("request body is larger than {} bytes", too_large.limit);
+                respond_error(session, Dialect::Native, 413, &message).await?;
+                return Ok(true);
+            }
+        }
+        let set = self.fleet.backends();
+        let nodes: Vec<_> = set
+            .backends()
+            .iter()
+            .filter(|b| b.state().accepts_new_work())
+            .collect();
+        let header = session.req_header();
+        let (method, path) = (header.method.clone(), header.uri.path().to_owned());
+        let body = broadcast::node_body(&buffer.freeze());
+        let answers = self
+            .fanout
+            .send_all(&nodes, &method, &path, &body, self.settings.read_timeout)
+            .await;
+        let (status, body) = broadcast::aggregate(management.label(), &nodes, answers);
+        respond(session, status, JSON, body).await?;
+        Ok(true)
     }
 }
 

@@ -9,22 +9,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
-use http::Request;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http::Method;
 use serde_json::{json, Value};
 
+use super::fanout::FanOut;
 use crate::{Backend, BackendSet};
-
-/// Largest answer read from one node.
-const MAX_VIEW_BODY: usize = 16 << 20;
 
 /// Asks nodes for their views and merges them.
 #[derive(Clone)]
 pub struct Views {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    fanout: FanOut,
     timeout: Duration,
 }
 
@@ -41,11 +35,8 @@ pub enum View {
 
 impl Views {
     /// A client whose requests to one node give up after `timeout`.
-    pub fn new(timeout: Duration) -> Self {
-        Self {
-            http: Client::builder(TokioExecutor::new()).build_http(),
-            timeout,
-        }
+    pub fn new(fanout: FanOut, timeout: Duration) -> Self {
+        Self { fanout, timeout }
     }
 
     /// The merged view across every node that takes work. Nodes that fail to answer are left
@@ -61,11 +52,14 @@ impl Views {
             .iter()
             .filter(|b| b.state().accepts_new_work())
             .collect();
-        let answers = join_all(nodes.iter().map(|b| self.fetch(b, path))).await;
+        let answers = self
+            .fanout
+            .send_all(&nodes, &Method::GET, path, &Bytes::new(), self.timeout)
+            .await;
         let lists = nodes
             .iter()
             .zip(answers)
-            .filter_map(|(backend, answer)| match answer {
+            .filter_map(|(backend, answer)| match parse_view(answer) {
                 Ok(value) => Some((backend.id().to_string(), value)),
                 Err(error) => {
                     tracing::warn!(node = %backend.id(), path, %error, "node left out of the fleet view");
@@ -79,31 +73,15 @@ impl Views {
         };
         Bytes::from(merged.to_string())
     }
+}
 
-    async fn fetch(&self, backend: &Backend, path: &str) -> Result<Value, String> {
-        let request = Request::get(format!("http://{}{path}", backend.address()))
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("answered {}", response.status()));
-            }
-            let body = Limited::new(response.into_body(), MAX_VIEW_BODY)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            serde_json::from_slice(&body).map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+/// A node's view as JSON, if it answered with one.
+fn parse_view(answer: super::fanout::NodeAnswer) -> Result<Value, String> {
+    let (status, body) = answer?;
+    if !status.is_success() {
+        return Err(format!("answered {status}"));
     }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
 /// The entries of `key` in each node's answer.

@@ -1,0 +1,203 @@
+//! What the router's integration tests share: a router on a free port in front of a fleet,
+//! and a small HTTP client.
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use ollama_mesh_consul::agent::Weights;
+use ollama_mesh_consul::contract::{ModelList, NodeMeta};
+use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
+use ollama_mesh_consul::watch::WatchStatus;
+use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
+use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
+use ollama_mesh_router::{BackendSet, Fleet};
+use ollama_mesh_test_support::{free_port, SimNode};
+use serde_json::Value;
+
+/// A fixed fleet: the backend set the proxy sees, built the way discovery builds it.
+pub struct FixedFleet(pub Arc<BackendSet>);
+
+impl Fleet for FixedFleet {
+    fn backends(&self) -> Arc<BackendSet> {
+        self.0.clone()
+    }
+    fn is_ready(&self) -> bool {
+        true
+    }
+    fn watches(&self) -> Vec<(&'static str, Arc<WatchStatus>)> {
+        Vec::new()
+    }
+}
+
+/// An instance entry for a node at `addr` with `on_disk` and `loaded` models.
+pub fn entry(
+    id: &str,
+    addr: SocketAddr,
+    on_disk: &[&str],
+    loaded: &[&str],
+    weight: u32,
+) -> ServiceEntry {
+    let meta = NodeMeta {
+        gpu_count: 1,
+        parallel_slots: 4,
+        models_on_disk: ModelList::new(on_disk.iter().copied()),
+        models_loaded: ModelList::new(loaded.iter().copied()),
+        ollama_version: Some("0.17.4".into()),
+        sidecar_version: "test".into(),
+        ..NodeMeta::default()
+    };
+    ServiceEntry {
+        node: Node {
+            node: format!("node-{id}"),
+            address: "127.0.0.1".into(),
+            ..Node::default()
+        },
+        service: CatalogService {
+            id: id.into(),
+            service: "ollama".into(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            meta: meta.to_consul_meta(),
+            weights: Weights {
+                passing: weight,
+                warning: 1,
+            },
+            ..CatalogService::default()
+        },
+        checks: vec![HealthCheck {
+            check_id: "serfHealth".into(),
+            status: CheckStatus::Passing,
+            ..HealthCheck::default()
+        }],
+    }
+}
+
+pub fn settings() -> ProxySettings {
+    ProxySettings {
+        connect_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(30),
+        retries: 2,
+        max_body_size: 64 << 20,
+        enable_management: false,
+    }
+}
+
+/// A router on a free port, shut down (gracefully) on drop.
+pub struct Router {
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Router {
+    pub async fn start(entries: Vec<ServiceEntry>, settings: ProxySettings) -> Self {
+        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        Self::with_fleet(Arc::new(FixedFleet(Arc::new(set))), settings).await
+    }
+
+    /// A router in front of `fleet`.
+    pub async fn with_fleet(fleet: Arc<dyn Fleet>, settings: ProxySettings) -> Self {
+        let active = ActiveRequests::default();
+        let proxy = MeshProxy::new(fleet, settings, active.clone());
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let options = ServeOptions {
+            listen: addr.to_string(),
+            threads: 2,
+            grace_period: Duration::from_secs(10),
+            max_attempts: 3,
+        };
+        let shutdown = Shutdown::default();
+        let trigger = shutdown.clone();
+        let thread = std::thread::spawn(move || server::serve(proxy, active, &options, &trigger));
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "router did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Triggers shutdown and waits for the server thread; returns how long it took.
+    pub async fn stop(mut self) -> Duration {
+        let started = Instant::now();
+        self.shutdown.trigger();
+        let thread = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        started.elapsed()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn call(method: Method, url: &str, body: impl Into<Bytes>) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap();
+    let response = client().request(request).await.expect("request");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn post(url: &str, body: Value) -> Answer {
+    call(Method::POST, url, body.to_string()).await
+}
+
+pub fn requests_on(node: &SimNode) -> u64 {
+    node.sim().stats()["requests_total"].as_u64().unwrap()
+}
