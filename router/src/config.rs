@@ -27,8 +27,13 @@ use serde::Deserialize;
 
 use crate::static_fleet::StaticBackend;
 
-/// The router's flags and their environment variables (see the module documentation for how
-/// they combine with `--config FILE`).
+/// One Ollama endpoint for a whole fleet of GPU nodes.
+///
+/// The router learns the fleet from Consul (instances of --service-name registered by
+/// ollama-mesh-sidecar; CONSUL_HTTP_ADDR and Consul's other variables apply) or from --backend
+/// URLs, and sends each request to a node that has its model: warm first, least busy. Clients
+/// talk to it as to Ollama. Every flag can also come from its environment variable or from a
+/// TOML file given with --config (flags win over the environment, which wins over the file).
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "ollama-mesh-router", version, args_override_self = true)]
 pub struct Args {
