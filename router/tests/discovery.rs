@@ -1,10 +1,13 @@
 //! Discovery against a real `consul agent -dev`: what an operator or a sidecar does in Consul
 //! reaches the router's backend set, and so its routing, within a second.
 
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration, Weights};
-use ollama_mesh_consul::contract::{self, kv as layout, InstanceId, ModelList, NodeMeta};
+use ollama_mesh_consul::agent::ServiceRegistration;
+use ollama_mesh_consul::contract::{self, kv as layout, InstanceId};
 use ollama_mesh_consul::health::CheckStatus;
 use ollama_mesh_consul::kv::WriteCondition;
 use ollama_mesh_consul::watch::WatchConfig;
@@ -12,6 +15,8 @@ use ollama_mesh_consul::{Client, ConsulSettings};
 use ollama_mesh_router::select::choose;
 use ollama_mesh_router::{BackendSet, Discovery, SelectError};
 use ollama_mesh_test_support::ConsulDev;
+
+use common::{heartbeat, sidecar_registration};
 
 const SERVICE: &str = contract::DEFAULT_SERVICE_NAME;
 const MODEL: &str = "llama3.2:3b";
@@ -36,39 +41,9 @@ fn watch_config() -> WatchConfig {
     }
 }
 
-fn heartbeat(id: &str) -> String {
-    format!("{id}:heartbeat")
-}
-
-/// An instance as the sidecar registers it: mesh Meta with `MODEL` on disk, a passing TTL check.
+/// An instance as the sidecar registers it, with `MODEL` on disk.
 fn registration(id: &str, port: u16) -> ServiceRegistration {
-    let meta = NodeMeta {
-        gpu_count: 1,
-        parallel_slots: 4,
-        models_on_disk: ModelList::new([MODEL]),
-        sidecar_version: "test".into(),
-        ..NodeMeta::default()
-    };
-    ServiceRegistration {
-        id: id.into(),
-        name: SERVICE.into(),
-        tags: vec![contract::MESH_TAG.into()],
-        address: "127.0.0.1".into(),
-        port,
-        meta: meta.to_consul_meta(),
-        weights: Weights::default(),
-        checks: vec![CheckDefinition {
-            check_id: heartbeat(id),
-            name: "sidecar heartbeat".into(),
-            notes: "test".into(),
-            kind: CheckKind::Ttl {
-                ttl: Duration::from_secs(60),
-            },
-            status: Some(CheckStatus::Passing),
-            deregister_critical_after: None,
-        }],
-        connect: None,
-    }
+    sidecar_registration(id, SocketAddr::from(([127, 0, 0, 1], port)), &[MODEL])
 }
 
 /// Waits until the published set satisfies `ready`, for at most `limit`; returns how long

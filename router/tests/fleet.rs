@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration, Weights};
-use ollama_mesh_consul::contract::{self, kv as layout, InstanceId, ModelList, NodeMeta};
-use ollama_mesh_consul::health::CheckStatus;
+use ollama_mesh_consul::contract::{self, kv as layout, InstanceId};
 use ollama_mesh_consul::kv::WriteCondition;
 use ollama_mesh_consul::watch::WatchConfig;
 use ollama_mesh_consul::{Client, ConsulSettings};
@@ -18,7 +16,7 @@ use ollama_mesh_router::proxy::ProxySettings;
 use ollama_mesh_router::{Discovery, Fleet};
 use ollama_mesh_sim::NodeSpec;
 use ollama_mesh_test_support::{ConsulDev, SimNode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const MODEL: &str = "llama3.2:1b";
 
@@ -32,38 +30,10 @@ fn consul_client(consul: &ConsulDev) -> Client {
 
 /// Registers a node as its sidecar would.
 async fn register(client: &Client, id: &str, addr: SocketAddr) {
-    let meta = NodeMeta {
-        gpu_count: 1,
-        parallel_slots: 4,
-        models_on_disk: ModelList::new([MODEL]),
-        ollama_version: Some("0.17.4".into()),
-        sidecar_version: "test".into(),
-        ..NodeMeta::default()
-    };
-    let service = ServiceRegistration {
-        id: id.into(),
-        name: contract::DEFAULT_SERVICE_NAME.into(),
-        tags: vec![contract::MESH_TAG.into()],
-        address: addr.ip().to_string(),
-        port: addr.port(),
-        meta: meta.to_consul_meta(),
-        weights: Weights {
-            passing: 4,
-            warning: 1,
-        },
-        checks: vec![CheckDefinition {
-            check_id: format!("{id}:heartbeat"),
-            name: "heartbeat".into(),
-            notes: "test".into(),
-            kind: CheckKind::Ttl {
-                ttl: Duration::from_secs(60),
-            },
-            status: Some(CheckStatus::Passing),
-            deregister_critical_after: None,
-        }],
-        connect: None,
-    };
-    client.register_service(&service).await.unwrap();
+    client
+        .register_service(&sidecar_registration(id, addr, &[MODEL]))
+        .await
+        .unwrap();
 }
 
 async fn router_over_consul(consul: &ConsulDev, nodes: usize) -> (Router, Arc<Discovery>) {
@@ -166,14 +136,7 @@ async fn a_drained_node_gets_nothing_new_within_a_second_and_finishes_its_stream
 
     let answer = stream.await.unwrap();
     assert_eq!(answer.status, 200);
-    let last: Value = serde_json::from_slice(
-        answer
-            .body
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-            .unwrap(),
-    )
-    .unwrap();
+    let last = answer.last_line();
     assert_eq!(
         last["done"], true,
         "the running stream finished on the drained node"

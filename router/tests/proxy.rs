@@ -490,13 +490,6 @@ async fn shutdown_is_quick_when_idle_and_lets_running_streams_finish() {
     busy.stop().await;
     let answer = stream.await.unwrap();
     assert_eq!(answer.status, 200);
-    let last: Value = serde_json::from_slice(
-        answer
-            .body
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-            .unwrap(),
-    )
-    .unwrap();
+    let last = answer.last_line();
     assert_eq!(last["done"], true, "the stream ran to its end");
 }

@@ -12,8 +12,8 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use ollama_mesh_consul::agent::Weights;
-use ollama_mesh_consul::contract::{ModelList, NodeMeta};
+use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration, Weights};
+use ollama_mesh_consul::contract::{self, ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 use ollama_mesh_consul::watch::WatchStatus;
 use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
@@ -161,6 +161,16 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The last line of an NDJSON stream, parsed.
+    pub fn last_line(&self) -> Value {
+        let line = self
+            .body
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .expect("a non-empty stream");
+        serde_json::from_slice(line).expect("a JSON line")
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
@@ -200,4 +210,42 @@ pub async fn post(url: &str, body: Value) -> Answer {
 
 pub fn requests_on(node: &SimNode) -> u64 {
     node.sim().stats()["requests_total"].as_u64().unwrap()
+}
+
+/// The heartbeat check's ID for an instance registered by [`sidecar_registration`].
+pub fn heartbeat(id: &str) -> String {
+    format!("{id}:heartbeat")
+}
+
+/// An instance as a sidecar registers it: mesh Meta with `models` on disk, one GPU with four
+/// slots, a passing TTL heartbeat.
+pub fn sidecar_registration(id: &str, addr: SocketAddr, models: &[&str]) -> ServiceRegistration {
+    let meta = NodeMeta {
+        gpu_count: 1,
+        parallel_slots: 4,
+        models_on_disk: ModelList::new(models.iter().copied()),
+        ollama_version: Some("0.17.4".into()),
+        sidecar_version: "test".into(),
+        ..NodeMeta::default()
+    };
+    ServiceRegistration {
+        id: id.into(),
+        name: contract::DEFAULT_SERVICE_NAME.into(),
+        tags: vec![contract::MESH_TAG.into()],
+        address: addr.ip().to_string(),
+        port: addr.port(),
+        meta: meta.to_consul_meta(),
+        weights: Weights::default(),
+        checks: vec![CheckDefinition {
+            check_id: heartbeat(id),
+            name: "sidecar heartbeat".into(),
+            notes: "test".into(),
+            kind: CheckKind::Ttl {
+                ttl: Duration::from_secs(60),
+            },
+            status: Some(CheckStatus::Passing),
+            deregister_critical_after: None,
+        }],
+        connect: None,
+    }
 }
