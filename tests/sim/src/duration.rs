@@ -38,7 +38,7 @@ impl KeepAlive {
     }
 
     /// Reads a JSON `keep_alive`: a number of seconds or a duration string.
-    pub fn from_json(value: &Value) -> Result<Self, DurationError> {
+    pub fn from_json(value: &Value) -> Result<Self, KeepAliveError> {
         match value {
             Value::Number(n) => {
                 let secs = n.as_f64().unwrap_or(0.0);
@@ -48,8 +48,12 @@ impl KeepAlive {
                     KeepAlive::For(Duration::from_secs_f64(secs.min(1e12)))
                 })
             }
-            Value::String(s) => KeepAlive::parse(s),
-            other => Err(DurationError(other.to_string())),
+            Value::String(s) => Ok(KeepAlive::parse(s)?),
+            // Ollama names the Go type its JSON decoder produced.
+            Value::Bool(_) => Err(KeepAliveError::UnsupportedType("bool")),
+            Value::Array(_) => Err(KeepAliveError::UnsupportedType("[]interface {}")),
+            Value::Object(_) => Err(KeepAliveError::UnsupportedType("map[string]interface {}")),
+            Value::Null => Err(KeepAliveError::UnsupportedType("<nil>")),
         }
     }
 
@@ -60,6 +64,17 @@ impl KeepAlive {
             KeepAlive::For(d) => d,
         }
     }
+}
+
+/// A `keep_alive` Ollama refuses, worded as Ollama words it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeepAliveError {
+    /// A string that is not a Go duration.
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    /// Neither a number nor a string.
+    #[error("Unsupported type: '{0}'")]
+    UnsupportedType(&'static str),
 }
 
 /// A value that is not a Go duration; displays like Go's `time.ParseDuration` error.
@@ -146,6 +161,14 @@ mod tests {
         assert_eq!(
             KeepAlive::from_json(&json!("abc")).unwrap_err().to_string(),
             "time: invalid duration \"abc\""
+        );
+        assert_eq!(
+            KeepAlive::from_json(&json!(true)).unwrap_err().to_string(),
+            "Unsupported type: 'bool'"
+        );
+        assert_eq!(
+            KeepAlive::from_json(&json!([1])).unwrap_err().to_string(),
+            "Unsupported type: '[]interface {}'"
         );
     }
 }

@@ -73,34 +73,41 @@
 //!
 //! - [`config`]: the TOML node description / builder ([`NodeSpec`], `config/spec.rs`), its
 //!   validation (`config/validate.rs`) and the validated form ([`SimConfig`]).
-//! - [`catalogue`]: built-in models with realistic sizes and speeds, estimates for other tags.
+//! - [`catalogue`]: built-in models with realistic sizes, speeds and capabilities, estimates
+//!   for other tags. [`capability`]: the capabilities `/api/show` lists and requests need.
 //! - `names`: Ollama model-name aliases (`x` ≡ `x:latest`).
 //! - `duration`: Go durations and `keep_alive` values.
 //! - `clock`: simulated time and the time scale.
 //! - `scheduler`: Ollama's scheduler — `fit` (VRAM fitting and eviction order), `slots`
 //!   (FIFO slots with per-slot prompt caches), `timing` (load, prefill, decode), and the
 //!   pending queue, loader and keep-alive expiry in `scheduler` itself.
-//! - `generation`: one generation on a slot: prefill, paced tokens, metrics.
+//! - `generation`: one generation on a slot: prefill, paced tokens, metrics. `stop`: stop
+//!   sequences, matched across tokens as Ollama's runner does.
 //! - `tokenizer`, `textgen`, `embedding`: deterministic stand-ins for a model's tokens, words
 //!   and vectors.
 //! - `registry`: the models on disk.
 //! - [`faults`]: fault injection. `stats`: ground-truth counters. `gpu`: the nvidia-smi report.
 //! - `api`: HTTP routing and handlers — `native` (generate/chat), `openai`, `embed`, `models`,
-//!   `control` (`/sim/*`), `infer` (what all generating endpoints share), `body`, `error`,
-//!   `request`, `host` (Ollama's Host-header check).
+//!   `show`, `control` (`/sim/*`), `infer` (what all generating endpoints share), `needs` (the
+//!   capability checks: `think`, `tools`, `suffix`), `body`, `error`, `request`, `host`
+//!   (Ollama's Host-header check).
 //! - `app`: the state shared by a node's connections; `server`: [`Simulator`] and its accept loop.
 //!
 //! # Deliberate differences from Ollama
 //!
-//! Generated text is pseudo-random words and embeddings are random unit vectors; `think`,
-//! `tools`, `format`, images and `suffix` are accepted and ignored; `/api/create` and
-//! `/api/push` answer 501; `/api/show` has no `tensors`; a failed `/v1` stream ends with an SSE
-//! event holding the OpenAI error object (Ollama emits an empty chunk); at time scale 0
+//! Generated text is pseudo-random words and embeddings are random unit vectors. A model's
+//! capabilities are enforced with Ollama's 400s, but where a model has them, `think`, `tools`
+//! and `suffix` are accepted and ignored (no `thinking` text, no tool calls); `format` and
+//! images are always ignored. `/api/create` and `/api/push` answer 501; `/api/show`'s
+//! `model_info` and `tensors` describe a synthetic architecture; a failed `/v1` stream ends with
+//! an SSE event holding the OpenAI error object (Ollama emits an empty chunk); at time scale 0
 //! positive keep-alives never expire. Where `../shared/ollama-api.md` (newest Ollama) and the
 //! v0.17.4 the tests run against disagree on error details, the page wins: `/v1` errors are
-//! typed by status (v0.17.4 says `api_error` for every handler error) and a missing model is
-//! `400 model is required` except on `/api/generate` and `/v1/completions` (404, as v0.17.4).
+//! typed by status (v0.17.4 says `api_error` for every handler error). A missing model is
+//! answered as v0.17.4 does: `400 model is required`, except on `/api/generate` and
+//! `/v1/completions` (404) and on `/api/embed` and `/v1/embeddings` (500 `unqualified name`).
 
+pub mod capability;
 pub mod catalogue;
 pub mod config;
 pub mod faults;
@@ -117,10 +124,12 @@ mod registry;
 mod scheduler;
 mod server;
 mod stats;
+mod stop;
 mod textgen;
 mod timefmt;
 mod tokenizer;
 
+pub use capability::{Capabilities, Capability};
 pub use config::{ConfigError, NodeSpec, SimConfig};
 pub use faults::{FaultSpec, Faults, HealthMode};
 pub use server::{ServeExit, Simulator};

@@ -29,6 +29,16 @@ pub fn canonical(name: &str) -> Option<String> {
     Some(out)
 }
 
+/// The fully qualified form of a canonical name (`registry.ollama.ai/library/tiny:latest`), which
+/// Ollama's scheduler errors name.
+pub fn qualified(canonical: &str) -> String {
+    match canonical.matches('/').count() {
+        0 => format!("{DEFAULT_REGISTRY}{DEFAULT_NAMESPACE}{canonical}"),
+        1 => format!("{DEFAULT_REGISTRY}{canonical}"),
+        _ => canonical.to_owned(),
+    }
+}
+
 /// The part after the colon of a canonical name.
 pub fn tag(canonical: &str) -> &str {
     canonical.rsplit_once(':').map_or("latest", |(_, tag)| tag)
@@ -73,6 +83,16 @@ mod tests {
         for name in ["", ":7b", "x:", "a b", "x:y:z", "a//b"] {
             assert_eq!(canonical(name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn qualified_names_fill_in_registry_and_namespace() {
+        assert_eq!(
+            qualified("tiny:latest"),
+            "registry.ollama.ai/library/tiny:latest"
+        );
+        assert_eq!(qualified("user/m:7b"), "registry.ollama.ai/user/m:7b");
+        assert_eq!(qualified("host.io/ns/m:7b"), "host.io/ns/m:7b");
     }
 
     #[test]

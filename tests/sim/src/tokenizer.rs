@@ -10,7 +10,8 @@ pub type Token = u32;
 
 /// Ids below this are reserved, like the byte tokens of a real vocabulary.
 const FIRST_ID: u32 = 259;
-const VOCAB_SIZE: u32 = 32_000;
+/// Ids are below this; also the vocabulary size `/api/show` reports.
+pub const VOCAB_SIZE: u32 = 32_000;
 const WHOLE_WORD: usize = 6;
 const PIECE: usize = 4;
 

@@ -219,6 +219,24 @@ async fn errors_have_ollama_status_codes_and_bodies() {
             404,
             r#"{"error":"model \"nope\" not found"}"#,
         ),
+        (
+            "/api/copy",
+            "{}",
+            400,
+            r#"{"error":"source \"\" is invalid"}"#,
+        ),
+        (
+            "/api/embed",
+            r#"{"input":"x"}"#,
+            500,
+            r#"{"error":"unqualified name: registry.ollama.ai/library/!MISSING!:latest"}"#,
+        ),
+        (
+            "/api/generate",
+            r#"{"model":"tiny","prompt":"","keep_alive":true}"#,
+            400,
+            r#"{"error":"Unsupported type: 'bool'"}"#,
+        ),
     ];
     for (path, body, status, expected) in cases {
         let resp = node.post(path, body).await;
@@ -260,9 +278,131 @@ async fn errors_have_ollama_status_codes_and_bodies() {
             "{path} {body}"
         );
     }
+    let unnamed = node.send(Method::DELETE, "/api/delete", Some("{}")).await;
+    assert_eq!(
+        (unnamed.status, unnamed.body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"name \"\" is invalid"}"#
+        )
+    );
     let missing = node.get("/v1/models/nope").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json()["error"]["type"], "not_found_error");
+}
+
+#[tokio::test]
+async fn capabilities_are_listed_and_enforced() {
+    let node = Node::start(
+        NodeSpec::default()
+            .models(["tiny", "llama3.1:8b", "qwen3:8b", "nomic-embed-text"])
+            .time_scale(0.0),
+    )
+    .await;
+    for (model, caps) in [
+        ("tiny", serde_json::json!(["completion"])),
+        ("llama3.1:8b", serde_json::json!(["completion", "tools"])),
+        (
+            "qwen3:8b",
+            serde_json::json!(["completion", "tools", "thinking"]),
+        ),
+        ("nomic-embed-text", serde_json::json!(["embedding"])),
+    ] {
+        let show = node
+            .post("/api/show", &format!(r#"{{"model":"{model}"}}"#))
+            .await;
+        assert_eq!(show.json()["capabilities"], caps, "{model}");
+    }
+    let tools = r#"[{"type":"function","function":{"name":"f","parameters":{}}}]"#;
+    let chat = |model: &str, extra: &str| {
+        format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"x"}}],"stream":false,"options":{{"num_predict":2}},{extra}}}"#
+        )
+    };
+    let refused = [
+        (
+            "/api/chat",
+            chat("tiny", &format!(r#""tools":{tools}"#)),
+            "registry.ollama.ai/library/tiny:latest does not support tools",
+        ),
+        (
+            "/api/chat",
+            chat("tiny", r#""think":true"#),
+            "\"tiny\" does not support thinking",
+        ),
+        (
+            "/api/generate",
+            r#"{"model":"tiny","prompt":"x","suffix":"y"}"#.to_owned(),
+            "registry.ollama.ai/library/tiny:latest does not support insert",
+        ),
+        (
+            "/api/generate",
+            r#"{"model":"qwen3:8b","prompt":"x","think":"high"}"#.to_owned(),
+            "think value \"high\" is not supported for this model",
+        ),
+    ];
+    for (path, body, message) in refused {
+        let resp = node.post(path, &body).await;
+        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(resp.json()["error"], message);
+    }
+    let v1 = node
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"tiny","messages":[{"role":"user","content":"x"}],"reasoning_effort":"low"}"#,
+        )
+        .await;
+    assert_eq!(v1.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v1.json()["error"]["message"],
+        "\"tiny\" does not support thinking"
+    );
+    for body in [
+        chat("llama3.1:8b", &format!(r#""tools":{tools}"#)),
+        chat("qwen3:8b", r#""think":"low","tools":[]"#),
+        chat("tiny", r#""think":false"#),
+    ] {
+        assert_eq!(
+            node.post("/api/chat", &body).await.status,
+            StatusCode::OK,
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stop_sequences_end_generation_without_being_sent() {
+    let node = Node::tiny().await;
+    let whole = node
+        .post(
+            "/api/generate",
+            r#"{"model":"tiny","prompt":"x","stream":false,"options":{"num_predict":20,"stop":[" "]}}"#,
+        )
+        .await
+        .json();
+    assert_eq!(whole["done_reason"], "stop");
+    assert!(!whole["response"].as_str().unwrap().contains(' '));
+    assert_eq!(
+        whole["eval_count"], 2,
+        "the token holding the stop is counted"
+    );
+    let streamed = node
+        .post(
+            "/v1/completions",
+            r#"{"model":"tiny","prompt":"x","stream":true,"max_tokens":20,"stop":" "}"#,
+        )
+        .await;
+    let (events, done) = streamed.events();
+    assert!(done);
+    let text: String = events
+        .iter()
+        .map(|e| e["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, whole["response"]);
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::body::{self, content_type, Response};
 use super::error::{ApiError, Flavor};
 use super::infer::{self, Job};
-use super::request::{self, NotFound, Options, Use};
+use super::request::{self, NotFound, Options, Unnamed};
 use crate::app::App;
 use crate::duration::KeepAlive;
 use crate::embedding;
@@ -142,7 +142,7 @@ pub async fn api_embed(
     _in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let req: EmbedRequest = request::json(body, Flavor::Native).await?;
-    let model = request::model(&app, &req.model, Use::Embed, NotFound::Pull)?;
+    let model = request::model(&app, &req.model, Unnamed::Unqualified, NotFound::Pull)?;
     req.options.check()?;
     let keep_alive = request::keep_alive(req.keep_alive.as_ref())?;
     let inputs = tokenize_inputs(
@@ -189,7 +189,7 @@ pub async fn api_embeddings(
     _in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let req: LegacyRequest = request::json(body, Flavor::Native).await?;
-    let model = request::model(&app, &req.model, Use::Embed, NotFound::Pull)?;
+    let model = request::model(&app, &req.model, Unnamed::Required, NotFound::Pull)?;
     req.options.check()?;
     let keep_alive = request::keep_alive(req.keep_alive.as_ref())?;
     let inputs: Vec<Vec<Token>> = if req.prompt.is_empty() {
@@ -214,7 +214,7 @@ pub async fn openai(
 ) -> Result<Response, ApiError> {
     let req: OpenAiRequest = request::json(body, Flavor::OpenAi).await?;
     let inputs = openai_inputs(&req.input)?;
-    let model = request::model(&app, &req.model, Use::Embed, NotFound::Pull)?;
+    let model = request::model(&app, &req.model, Unnamed::Unqualified, NotFound::Pull)?;
     let done = embed(
         &app,
         model,

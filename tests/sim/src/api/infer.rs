@@ -1,5 +1,6 @@
 //! What every generating endpoint shares: scheduling a job, preload/unload, prompt rendering,
-//! and turning a [`Generation`] into a streamed or whole response.
+//! and turning a [`Generation`] into a streamed or whole response, cut at the request's stop
+//! sequences.
 //!
 //! As in Ollama, scheduling errors (404, 503…) and failures before the first token are proper
 //! status codes; once the first chunk is out, a failure becomes an in-band error and the stream
@@ -21,6 +22,7 @@ use crate::generation::{self, DoneReason, Generation, Metrics, Step};
 use crate::registry::DiskModel;
 use crate::scheduler::{Lease, ModelRequest};
 use crate::stats::{self, InFlight};
+use crate::stop::{Scan, StopSequences};
 use crate::tokenizer::{self, Token};
 
 /// The message of a generation cut by fault injection (the wording of a runner failure).
@@ -179,75 +181,131 @@ pub trait Encoder: Send + 'static {
     fn whole(self, text: String, reason: DoneReason, gen: &Generation) -> Response;
 }
 
-/// Runs `gen` to a response: whole when `stream` is false, otherwise a stream fed by a task
-/// that stops as soon as the client goes away.
+/// A generation seen through its stop sequences: text pieces as they may be sent, then the end.
+struct Output {
+    gen: Generation,
+    stops: StopSequences,
+    end: Option<DoneReason>,
+}
+
+/// One step of an [`Output`].
+enum Piece {
+    /// Text to send; never empty.
+    Text(String),
+    /// Generation finished.
+    Done(DoneReason),
+    /// Generation failed.
+    Failed,
+}
+
+impl Output {
+    fn new(gen: Generation, stop: Vec<String>) -> Self {
+        Self {
+            gen,
+            stops: StopSequences::new(stop),
+            end: None,
+        }
+    }
+
+    /// The next piece of text, waiting through tokens that are held back or cut off.
+    async fn next(&mut self) -> Piece {
+        loop {
+            if let Some(reason) = self.end {
+                return Piece::Done(reason);
+            }
+            let text = match self.gen.next().await {
+                Step::Token(t) => match self.stops.push(t) {
+                    Scan::Emit(text) => text.into_owned(),
+                    Scan::Stop(text) => {
+                        self.end = Some(DoneReason::Stop);
+                        text
+                    }
+                },
+                Step::Done(reason) => {
+                    self.end = Some(reason);
+                    self.stops.flush()
+                }
+                Step::Failed => return Piece::Failed,
+            };
+            if !text.is_empty() {
+                return Piece::Text(text);
+            }
+        }
+    }
+}
+
+/// Runs `gen` to a response, ending it at the first of the `stop` sequences: whole when
+/// `stream` is false, otherwise a stream fed by a task that stops as soon as the client goes
+/// away.
 pub async fn respond<E: Encoder>(
-    mut gen: Generation,
+    gen: Generation,
+    stop: Vec<String>,
     mut enc: E,
     stream: bool,
     flavor: Flavor,
     in_flight: InFlight,
 ) -> Response {
+    let mut out = Output::new(gen, stop);
     if !stream {
         let mut text = String::new();
         loop {
-            match gen.next().await {
-                Step::Token(t) => text.push_str(t),
-                Step::Done(reason) => return enc.whole(text, reason, &gen),
-                Step::Failed => return ApiError::internal(CUT_MESSAGE).respond(flavor),
+            match out.next().await {
+                Piece::Text(t) => text.push_str(&t),
+                Piece::Done(reason) => return enc.whole(text, reason, &out.gen),
+                Piece::Failed => return ApiError::internal(CUT_MESSAGE).respond(flavor),
             }
         }
     }
     let mut first = Vec::with_capacity(256);
-    let more = match gen.next().await {
-        Step::Token(t) => {
-            enc.token(t, &mut first);
+    let more = match out.next().await {
+        Piece::Text(t) => {
+            enc.token(&t, &mut first);
             true
         }
-        Step::Done(reason) => {
-            enc.finish(reason, &gen, &mut first);
+        Piece::Done(reason) => {
+            enc.finish(reason, &out.gen, &mut first);
             false
         }
-        Step::Failed => return ApiError::internal(CUT_MESSAGE).respond(flavor),
+        Piece::Failed => return ApiError::internal(CUT_MESSAGE).respond(flavor),
     };
     let (resp, tx) = body::stream(E::STREAM_TYPE);
     // A fresh channel has room for the first chunk.
     let _ = tx.try_send(Bytes::from(first));
     if more {
-        tokio::spawn(pump(gen, enc, flavor, tx, in_flight));
+        tokio::spawn(pump(out, enc, flavor, tx, in_flight));
     }
     resp
 }
 
 async fn pump<E: Encoder>(
-    mut gen: Generation,
+    mut out: Output,
     mut enc: E,
     flavor: Flavor,
     tx: mpsc::Sender<Bytes>,
     _in_flight: InFlight,
 ) {
     loop {
-        let step = tokio::select! {
+        let piece = tokio::select! {
             biased;
             () = tx.closed() => return,
-            step = gen.next() => step,
+            piece = out.next() => piece,
         };
-        let mut out = Vec::with_capacity(192);
-        let last = match step {
-            Step::Token(t) => {
-                enc.token(t, &mut out);
+        let mut buf = Vec::with_capacity(192);
+        let last = match piece {
+            Piece::Text(t) => {
+                enc.token(&t, &mut buf);
                 false
             }
-            Step::Done(reason) => {
-                enc.finish(reason, &gen, &mut out);
+            Piece::Done(reason) => {
+                enc.finish(reason, &out.gen, &mut buf);
                 true
             }
-            Step::Failed => {
-                stream_error(flavor, &mut out);
+            Piece::Failed => {
+                stream_error(flavor, &mut buf);
                 true
             }
         };
-        if tx.send(Bytes::from(out)).await.is_err() || last {
+        if tx.send(Bytes::from(buf)).await.is_err() || last {
             return;
         }
     }

@@ -9,8 +9,10 @@ mod host;
 mod infer;
 mod models;
 mod native;
+mod needs;
 mod openai;
 mod request;
+mod show;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -142,7 +144,7 @@ pub async fn handle(app: Arc<App>, host: Option<&HostCheck>, req: Request<Incomi
         }
         Route::Tags => models::tags(&app),
         Route::Ps => models::ps(&app),
-        Route::Show => native_result(models::show(app, body).await),
+        Route::Show => native_result(show::show(app, body).await),
         Route::Pull => native_result(models::pull(app, body).await),
         Route::Copy => native_result(models::copy(app, body).await),
         Route::Delete => native_result(models::delete(app, body).await),

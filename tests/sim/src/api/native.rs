@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::body::{self, content_type, Response};
 use super::error::{ApiError, Flavor};
 use super::infer::{self, Encoder, Job, MetricsJson};
-use super::request::{self, NotFound, Options, Use};
+use super::needs::{Endpoint, Needs, Think};
+use super::request::{self, NotFound, Options, Unnamed};
 use crate::app::App;
 use crate::generation::{DoneReason, Generation};
 use crate::stats::InFlight;
@@ -25,6 +26,8 @@ struct GenerateRequest {
     #[serde(default)]
     prompt: String,
     #[serde(default)]
+    suffix: String,
+    #[serde(default)]
     system: String,
     #[serde(default)]
     raw: bool,
@@ -32,6 +35,7 @@ struct GenerateRequest {
     context: Vec<Token>,
     #[serde(default)]
     images: Vec<Value>,
+    think: Option<Value>,
     stream: Option<bool>,
     keep_alive: Option<Value>,
     #[serde(default)]
@@ -44,6 +48,9 @@ struct ChatRequest {
     model: String,
     #[serde(default)]
     messages: Vec<ChatMessage>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    think: Option<Value>,
     stream: Option<bool>,
     keep_alive: Option<Value>,
     #[serde(default)]
@@ -101,9 +108,18 @@ pub async fn generate(
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let req: GenerateRequest = request::json(body, Flavor::Native).await?;
-    let model = request::model(&app, &req.model, Use::Generate, NotFound::Quoted)?;
-    req.options.check()?;
+    // Ollama's decoder reads `think` and `keep_alive`, so their errors come first.
+    let think = Think::native(req.think.as_ref())?;
     let keep_alive = request::keep_alive(req.keep_alive.as_ref())?;
+    let model = request::model(&app, &req.model, Unnamed::NotFound, NotFound::Quoted)?;
+    let needs = Needs {
+        endpoint: Endpoint::Generate,
+        think,
+        tools: false,
+        insert: !req.suffix.is_empty(),
+    };
+    needs.check(&model, &req.model)?;
+    req.options.check()?;
     if req.prompt.is_empty() && req.images.is_empty() {
         let reason = app.preload(&model, req.options.num_ctx, keep_alive).await?;
         let chunk = GenerateChunk {
@@ -137,6 +153,7 @@ pub async fn generate(
     });
     Ok(infer::respond(
         gen,
+        req.options.stop,
         enc,
         req.stream.unwrap_or(true),
         Flavor::Native,
@@ -152,9 +169,18 @@ pub async fn chat(
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = request::json(body, Flavor::Native).await?;
-    let model = request::model(&app, &req.model, Use::Chat, NotFound::Quoted)?;
-    req.options.check()?;
+    // Ollama's decoder reads `think` and `keep_alive`, so their errors come first.
+    let think = Think::native(req.think.as_ref())?;
     let keep_alive = request::keep_alive(req.keep_alive.as_ref())?;
+    let model = request::model(&app, &req.model, Unnamed::Required, NotFound::Quoted)?;
+    let needs = Needs {
+        endpoint: Endpoint::Chat,
+        think,
+        tools: !req.tools.is_empty(),
+        insert: false,
+    };
+    needs.check(&model, &req.model)?;
+    req.options.check()?;
     if req.messages.is_empty() {
         let reason = app.preload(&model, req.options.num_ctx, keep_alive).await?;
         let chunk = ChatChunk {
@@ -187,6 +213,7 @@ pub async fn chat(
     let enc = Ndjson(ChatChunks { model: req.model });
     Ok(infer::respond(
         gen,
+        req.options.stop,
         enc,
         req.stream.unwrap_or(true),
         Flavor::Native,

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use super::body::{self, content_type, Response};
 use super::error::{ApiError, Flavor};
 use super::infer::{self, Encoder, Job};
-use super::request::{self, NotFound, Use};
+use super::needs::{Endpoint, Needs, Think};
+use super::request::{self, NotFound, Unnamed};
 use crate::app::App;
 use crate::generation::{DoneReason, Generation};
 use crate::names;
@@ -37,6 +38,16 @@ struct ChatRequest {
     max_tokens: Option<i64>,
     max_completion_tokens: Option<i64>,
     seed: Option<i64>,
+    stop: Option<Value>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    reasoning_effort: Option<String>,
+    reasoning: Option<Reasoning>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Reasoning {
+    effort: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +61,9 @@ struct CompletionRequest {
     stream_options: Option<StreamOptions>,
     max_tokens: Option<i64>,
     seed: Option<i64>,
+    stop: Option<Value>,
+    #[serde(default)]
+    suffix: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +117,21 @@ fn text_of(content: &Value) -> String {
     }
 }
 
+/// OpenAI's `stop`: one string or a list of them. The middleware passes nothing else on.
+fn stop_sequences(stop: Option<Value>) -> Vec<String> {
+    match stop {
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Ollama's ids are a prefix and a small random number.
 fn id(prefix: &str) -> String {
     format!("{prefix}-{}", fastrand::u32(0..999))
@@ -122,7 +151,18 @@ pub async fn chat(
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("[] is too short - 'messages'").raised_by_middleware());
     }
-    let model = request::model(&app, &req.model, Use::Chat, NotFound::Quoted)?;
+    let effort = req
+        .reasoning_effort
+        .as_deref()
+        .or(req.reasoning.as_ref().and_then(|r| r.effort.as_deref()));
+    let needs = Needs {
+        endpoint: Endpoint::Chat,
+        think: Think::openai(effort)?,
+        tools: !req.tools.is_empty(),
+        insert: false,
+    };
+    let model = request::model(&app, &req.model, Unnamed::Required, NotFound::Quoted)?;
+    needs.check(&model, &req.model)?;
     let texts: Vec<String> = req.messages.iter().map(|m| text_of(&m.content)).collect();
     let prompt = infer::chat_prompt(
         req.messages
@@ -145,7 +185,8 @@ pub async fn chat(
         created: unix_now(),
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
     });
-    Ok(infer::respond(gen, enc, req.stream, Flavor::OpenAi, in_flight).await)
+    let stop = stop_sequences(req.stop);
+    Ok(infer::respond(gen, stop, enc, req.stream, Flavor::OpenAi, in_flight).await)
 }
 
 /// `POST /v1/completions`.
@@ -155,7 +196,14 @@ pub async fn completions(
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = request::json(body, Flavor::OpenAi).await?;
-    let model = request::model(&app, &req.model, Use::Generate, NotFound::Quoted)?;
+    let model = request::model(&app, &req.model, Unnamed::NotFound, NotFound::Quoted)?;
+    let needs = Needs {
+        endpoint: Endpoint::Generate,
+        think: None,
+        tools: false,
+        insert: !req.suffix.is_empty(),
+    };
+    needs.check(&model, &req.model)?;
     let enc = CompletionEncoder(Header {
         id: id("cmpl"),
         model: req.model,
@@ -175,7 +223,8 @@ pub async fn completions(
         seed: req.seed,
     };
     let gen = app.start(job).await?;
-    Ok(infer::respond(gen, enc, req.stream, Flavor::OpenAi, in_flight).await)
+    let stop = stop_sequences(req.stop);
+    Ok(infer::respond(gen, stop, enc, req.stream, Flavor::OpenAi, in_flight).await)
 }
 
 /// `GET /v1/models`.

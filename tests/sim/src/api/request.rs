@@ -49,7 +49,7 @@ pub async fn json<T: DeserializeOwned>(body: Incoming, flavor: Flavor) -> Result
 /// The `options` the simulator acts on; others are accepted and ignored, as Ollama ignores
 /// options a model does not use. A wrongly typed option is remembered and refused by
 /// [`Options::check`] with Ollama's 500, after the model has been resolved (as Ollama does).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Context length; a change forces a reload.
     pub num_ctx: Option<u32>,
@@ -57,39 +57,59 @@ pub struct Options {
     pub num_predict: Option<i64>,
     /// Seed of the pseudo-text.
     pub seed: Option<i64>,
-    wrong_type: Option<&'static str>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// The first wrongly typed option and the type it must have.
+    wrong_type: Option<(&'static str, &'static str)>,
 }
 
 impl<'de> Deserialize<'de> for Options {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let map = Option::<Map<String, Value>>::deserialize(d)?.unwrap_or_default();
-        let mut options = Options::default();
+        let mut wrong_type = None;
         let mut integer = |name: &'static str| match map.get(name) {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
             Some(_) => {
-                options.wrong_type.get_or_insert(name);
+                wrong_type.get_or_insert((name, "integer"));
                 None
             }
         };
         let num_ctx = integer("num_ctx").map(|n| u32::try_from(n.max(1)).unwrap_or(u32::MAX));
         let num_predict = integer("num_predict");
         let seed = integer("seed");
+        let stop = match map.get("stop") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => strings(v).unwrap_or_else(|| {
+                wrong_type.get_or_insert(("stop", "array"));
+                Vec::new()
+            }),
+        };
         Ok(Options {
             num_ctx,
             num_predict,
             seed,
-            ..options
+            stop,
+            wrong_type,
         })
     }
+}
+
+/// The strings of a JSON array of strings.
+fn strings(value: &Value) -> Option<Vec<String>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 impl Options {
     /// Refuses wrongly typed options the way Ollama does.
     pub fn check(&self) -> Result<(), ApiError> {
         match self.wrong_type {
-            Some(name) => Err(ApiError::internal(format!(
-                "option {name:?} must be of type integer"
+            Some((name, kind)) => Err(ApiError::internal(format!(
+                "option {name:?} must be of type {kind}"
             ))),
             None => Ok(()),
         }
@@ -115,44 +135,78 @@ pub enum NotFound {
     Pull,
 }
 
-/// What a request will use the model for.
+/// How a handler answers a request that names no model (Ollama's handlers differ; checked
+/// against v0.17.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Use {
-    /// `/api/generate`, `/v1/completions`.
-    Generate,
-    /// `/api/chat`, `/v1/chat/completions`.
-    Chat,
-    /// Embeddings: every model can embed in Ollama.
-    Embed,
+pub enum Unnamed {
+    /// `400 model is required` (chat, the legacy `/api/embeddings`).
+    Required,
+    /// Looked up like any other name: `404 model '' not found` (generate, `/v1/completions`).
+    NotFound,
+    /// `500 unqualified name: …`: `/api/embed` and `/v1/embeddings` hand the empty name to the
+    /// scheduler, which cannot make a model path of it.
+    Unqualified,
 }
 
-/// Resolves the model a request names, checking it exists and can do `usage`.
+/// Resolves the model a request names and checks it exists. What the request needs of the
+/// model is checked by the caller ([`super::needs`]).
 pub fn model(
     app: &App,
     requested: &str,
-    usage: Use,
+    unnamed: Unnamed,
     not_found: NotFound,
 ) -> Result<Arc<DiskModel>, ApiError> {
-    // v0.17.4's generate handler looks an empty name up like any other and answers 404.
-    if requested.trim().is_empty() && usage != Use::Generate {
-        return Err(ApiError::bad_request("model is required"));
+    if requested.trim().is_empty() {
+        match unnamed {
+            Unnamed::Required => return Err(ApiError::bad_request("model is required")),
+            Unnamed::Unqualified => {
+                return Err(ApiError::internal(format!(
+                    "unqualified name: {}",
+                    names::qualified("!MISSING!:latest")
+                )))
+            }
+            Unnamed::NotFound => {}
+        }
     }
     let found = names::canonical(requested).and_then(|name| app.registry.get(&name));
-    let Some(model) = found else {
-        return Err(ApiError::not_found(match not_found {
+    found.ok_or_else(|| {
+        ApiError::not_found(match not_found {
             NotFound::Quoted => format!("model '{requested}' not found"),
             NotFound::Pull => format!("model {requested:?} not found, try pulling it first"),
-        }));
-    };
-    let verb = match usage {
-        Use::Generate => "generate",
-        Use::Chat => "chat",
-        Use::Embed => return Ok(model),
-    };
-    if model.spec.embedding_only {
-        return Err(ApiError::bad_request(format!(
-            "{requested:?} does not support {verb}"
-        )));
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn options(value: Value) -> Options {
+        serde_json::from_value(value).unwrap()
     }
-    Ok(model)
+
+    #[test]
+    fn stop_is_a_list_of_strings() {
+        let o = options(json!({"stop": ["\n", "User:"], "num_predict": 5}));
+        assert_eq!(o.stop, ["\n", "User:"]);
+        assert_eq!(o.num_predict, Some(5));
+        assert!(o.check().is_ok());
+        assert!(options(json!({})).stop.is_empty());
+    }
+
+    #[test]
+    fn wrongly_typed_options_are_refused_with_ollamas_500() {
+        let err = options(json!({"stop": "x"})).check().unwrap_err();
+        assert_eq!(err.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(err.message, "option \"stop\" must be of type array");
+        let err = options(json!({"num_predict": "many", "stop": 1}))
+            .check()
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "option \"num_predict\" must be of type integer"
+        );
+    }
 }

@@ -22,6 +22,7 @@
 //! size = "7.4GB"
 //! decode_tps = 89
 //! prefill_tps = 3140
+//! capabilities = ["completion", "tools"]   # default: the catalogue's, or ["completion"]
 //!
 //! [scheduler]
 //! num_parallel = 1          # OLLAMA_NUM_PARALLEL
@@ -167,6 +168,7 @@ impl SimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capability::{Capabilities, Capability};
 
     #[test]
     fn defaults_model_an_rtx_4090_node() {
@@ -215,6 +217,38 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_come_from_the_catalogue_or_the_file() {
+        let cfg = NodeSpec::from_toml(
+            r#"
+            [[models]]
+            name = "llama3.1:8b"
+            [[models]]
+            name = "mine:13b"
+            capabilities = ["thinking", "completion"]
+            [[models]]
+            name = "vectors:1b"
+            embedding = true
+            [[models]]
+            name = "nomic-embed-text"
+            embedding = false
+            "#,
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let caps: Vec<_> = cfg.models.iter().map(|m| m.spec.capabilities).collect();
+        assert_eq!(
+            caps,
+            [
+                Capabilities::TOOLS,
+                Capabilities::of(&[Capability::Completion, Capability::Thinking]),
+                Capabilities::EMBEDDING,
+                Capabilities::COMPLETION,
+            ]
+        );
+    }
+
+    #[test]
     fn keep_alive_reads_like_ollama_keep_alive() {
         let ka = |v: &str| {
             NodeSpec::default()
@@ -248,6 +282,9 @@ mod tests {
         assert!(err("[scheduler]\nvram_release = \"-1s\"").starts_with("scheduler.vram_release:"));
         assert!(err("[[gpus]]\nvram = \"24 parsecs\"").starts_with("gpus[0].vram:"));
         assert!(err("gpus = []").starts_with("gpus:"));
+        assert!(err("[[models]]\nname = \"a\"\ncapabilities = [\"tools\"]")
+            .starts_with("models[0].capabilities:"));
         assert!(NodeSpec::from_toml("bogus = 1").is_err());
+        assert!(NodeSpec::from_toml("[[models]]\nname = \"a\"\ncapabilities = [\"x\"]").is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{invalid, validate, ConfigError, SimConfig};
+use crate::capability::Capability;
 use crate::duration::KeepAlive;
 use crate::faults::FaultSpec;
 use crate::textgen::OutputLength;
@@ -114,8 +115,12 @@ pub struct ModelEntrySpec {
     pub prefill_tps: Option<f64>,
     /// Generated tokens per second of one stream.
     pub decode_tps: Option<f64>,
-    /// Embedding-only model (refuses chat and generate).
+    /// Embedding-only model (refuses chat and generate): shorthand for `capabilities =
+    /// ["embedding"]`, or with `false` for `["completion"]`.
     pub embedding: Option<bool>,
+    /// The capabilities `/api/show` lists and requests are checked against, e.g.
+    /// `["completion", "tools"]`; overrides `embedding`.
+    pub capabilities: Option<Vec<Capability>>,
     /// Training context length.
     pub context_length: Option<u32>,
     /// Embedding vector length.

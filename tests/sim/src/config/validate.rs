@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::spec::{ByteSize, DurationSpec, GpuSpec, ModelEntrySpec, NodeSpec, SchedulerSpec};
 use super::{invalid, ConfigError, DiskModelConfig, Gpu, SchedulerConfig, SimConfig};
+use crate::capability::{Capabilities, Capability};
 use crate::catalogue;
 use crate::duration::KeepAlive;
 use crate::names;
@@ -177,10 +178,28 @@ fn build_models(specs: Option<Vec<ModelEntrySpec>>) -> Result<Vec<DiskModelConfi
         spec.family = entry.family.unwrap_or(spec.family);
         spec.parameter_size = entry.parameter_size.unwrap_or(spec.parameter_size);
         spec.quantization = entry.quantization.unwrap_or(spec.quantization);
-        spec.embedding_only = entry.embedding.unwrap_or(spec.embedding_only);
+        spec.capabilities = match (&entry.capabilities, entry.embedding) {
+            (Some(caps), _) => capabilities(caps, &field("capabilities"))?,
+            (None, Some(true)) => Capabilities::EMBEDDING,
+            (None, Some(false)) if spec.is_embedding() => Capabilities::COMPLETION,
+            (None, _) => spec.capabilities,
+        };
         models.push(DiskModelConfig { name, spec });
     }
     Ok(models)
+}
+
+/// A model's capabilities: like every Ollama model, either a generative (`completion`) or an
+/// embedding model, never both.
+fn capabilities(caps: &[Capability], field: &str) -> Result<Capabilities, ConfigError> {
+    let set = Capabilities::of(caps);
+    if set.contains(Capability::Completion) == set.contains(Capability::Embedding) {
+        return Err(invalid(
+            field,
+            "must include exactly one of \"completion\" and \"embedding\"",
+        ));
+    }
+    Ok(set)
 }
 
 /// Validates a node description.

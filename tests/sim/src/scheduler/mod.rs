@@ -255,7 +255,7 @@ impl Inner {
         num_ctx: u32,
         keep_alive: KeepAlive,
     ) -> Lease {
-        let slots = if req.spec.embedding_only {
+        let slots = if req.spec.is_embedding() {
             1
         } else {
             self.cfg.num_parallel
