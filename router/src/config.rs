@@ -25,7 +25,9 @@ use ollama_mesh_consul::config::{ClientConfig, ConsulSettings};
 use ollama_mesh_consul::contract;
 use serde::Deserialize;
 
+use crate::keygen::KeygenArgs;
 use crate::static_fleet::StaticBackend;
+use crate::tls::TlsFiles;
 
 /// One Ollama endpoint for a whole fleet of GPU nodes.
 ///
@@ -45,6 +47,17 @@ pub struct Args {
     /// The settings themselves.
     #[command(flatten)]
     pub settings: Settings,
+
+    /// A task other than routing.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tasks other than routing, run instead of it.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Make a new API key: prints the key once, its KV entry and the `consul kv put` line.
+    Keygen(KeygenArgs),
 }
 
 /// Every setting, each optional, so a source that leaves one out lets the next decide. Parsed
@@ -110,9 +123,46 @@ pub struct Settings {
     #[arg(long, env = "OLLAMA_MESH_MAX_BODY_SIZE")]
     pub max_body_size: Option<String>,
 
+    /// Longest a client may keep the router waiting on one read of its request body or one
+    /// write of the response (slow-client protection). [default: 60s]
+    #[arg(long, env = "OLLAMA_MESH_CLIENT_TIMEOUT")]
+    pub client_timeout: Option<String>,
+
+    /// Largest request head accepted (request line and headers), e.g. 64KiB. [default: 64KiB]
+    #[arg(long, env = "OLLAMA_MESH_MAX_HEADER_SIZE")]
+    pub max_header_size: Option<String>,
+
+    /// Serve TLS on --listen with this PEM certificate chain (leaf first); needs --tls-key.
+    /// Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "OLLAMA_MESH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "OLLAMA_MESH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this PEM CA bundle (mTLS); needs --tls-cert.
+    #[arg(long, env = "OLLAMA_MESH_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log format. [default: text]
     #[arg(long, env = "OLLAMA_MESH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Require API keys, read from Consul KV (ollama-mesh/keys/NAME) and followed live.
+    /// [default: false]
+    #[arg(long, env = "OLLAMA_MESH_KEYS_FROM_CONSUL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub keys_from_consul: Option<bool>,
+
+    /// Require API keys, read from this JSON file (entries by name, as in KV) and reloaded
+    /// when it changes.
+    #[arg(long, env = "OLLAMA_MESH_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+
+    /// Serve without API keys on a non-loopback --listen address (without a key source the
+    /// router otherwise refuses to). [default: false]
+    #[arg(long, env = "OLLAMA_MESH_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub allow_anonymous: Option<bool>,
 }
 
 /// Log output format.
@@ -151,6 +201,22 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
         message: message.into(),
+    }
+}
+
+/// Where API keys come from (at most one source). With none, every client is let in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySources {
+    /// Keys in Consul KV under `ollama-mesh/keys/`.
+    pub consul: bool,
+    /// Keys in a JSON file.
+    pub file: Option<PathBuf>,
+}
+
+impl KeySources {
+    /// Whether clients must present a key.
+    pub fn required(&self) -> bool {
+        self.consul || self.file.is_some()
     }
 }
 
@@ -195,8 +261,16 @@ pub struct RouterConfig {
     pub register: bool,
     /// Largest request body, in bytes.
     pub max_body_size: u64,
+    /// Longest wait on one read from or write to a client.
+    pub client_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_size: u64,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where API keys come from.
+    pub keys: KeySources,
+    /// TLS on the main listener.
+    pub tls: Option<TlsFiles>,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:11434";
@@ -210,6 +284,12 @@ const DEFAULT_RETRIES: u32 = 2;
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// Enough for a long chat history with images; Ollama itself sets no limit.
 const DEFAULT_MAX_BODY_SIZE: u64 = 64 << 20;
+/// Pingora's read timeout for a request head, applied to the body and the response as well.
+const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Far above what Ollama's clients send (a few hundred bytes), far below Pingora's 1 MiB.
+const DEFAULT_MAX_HEADER_SIZE: u64 = 64 << 10;
+/// The largest request head Pingora reads at all.
+const PINGORA_MAX_HEADER_SIZE: u64 = (1 << 20) - 1;
 
 impl Settings {
     /// These settings with every one that `overrides` gives replaced (flags over the file).
@@ -232,7 +312,15 @@ impl Settings {
             enable_management: overrides.enable_management.or(self.enable_management),
             register: overrides.register.or(self.register),
             max_body_size: overrides.max_body_size.or(self.max_body_size),
+            client_timeout: overrides.client_timeout.or(self.client_timeout),
+            max_header_size: overrides.max_header_size.or(self.max_header_size),
             log_format: overrides.log_format.or(self.log_format),
+            keys_from_consul: overrides.keys_from_consul.or(self.keys_from_consul),
+            keys_file: overrides.keys_file.or(self.keys_file),
+            allow_anonymous: overrides.allow_anonymous.or(self.allow_anonymous),
+            tls_cert: overrides.tls_cert.or(self.tls_cert),
+            tls_key: overrides.tls_key.or(self.tls_key),
+            tls_client_ca: overrides.tls_client_ca.or(self.tls_client_ca),
         }
     }
 
@@ -324,13 +412,50 @@ impl RouterConfig {
             Some(text) => parse_duration("grace-period", text)?,
             None => DEFAULT_GRACE_PERIOD,
         };
-        let max_body_size = match settings.max_body_size.as_deref() {
-            Some(text) => match parse_size(text) {
-                Ok(0) => return Err(invalid("max-body-size", "must be greater than zero")),
-                Ok(size) => size,
-                Err(message) => return Err(invalid("max-body-size", message)),
-            },
-            None => DEFAULT_MAX_BODY_SIZE,
+        let max_body_size = size(
+            "max-body-size",
+            settings.max_body_size.as_deref(),
+            DEFAULT_MAX_BODY_SIZE,
+        )?;
+        let max_header_size = size(
+            "max-header-size",
+            settings.max_header_size.as_deref(),
+            DEFAULT_MAX_HEADER_SIZE,
+        )?;
+        if max_header_size > PINGORA_MAX_HEADER_SIZE {
+            return Err(invalid(
+                "max-header-size",
+                format!("must be at most {PINGORA_MAX_HEADER_SIZE} bytes (Pingora's own limit)"),
+            ));
+        }
+        let client_timeout = timeout(
+            "client-timeout",
+            settings.client_timeout.as_deref(),
+            DEFAULT_CLIENT_TIMEOUT,
+        )?;
+        let keys = KeySources {
+            consul: settings.keys_from_consul.unwrap_or(false),
+            file: settings.keys_file,
+        };
+        check_access(
+            [("listen", listen), ("ops-listen", ops_listen)],
+            &keys,
+            settings.allow_anonymous.unwrap_or(false),
+        )?;
+        let tls = match (settings.tls_cert, settings.tls_key, settings.tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (Some(_), None, _) => return Err(invalid("tls-key", "is required with --tls-cert")),
+            (None, _, _) => {
+                return Err(invalid(
+                    "tls-cert",
+                    "is required with --tls-key and --tls-client-ca",
+                ))
+            }
         };
         Ok(Self {
             listen,
@@ -345,7 +470,11 @@ impl RouterConfig {
             enable_management: settings.enable_management.unwrap_or(false),
             register: settings.register.unwrap_or(false),
             max_body_size,
+            client_timeout,
+            max_header_size,
             log_format: settings.log_format.unwrap_or_default(),
+            keys,
+            tls,
         })
     }
 
@@ -360,8 +489,9 @@ impl RouterConfig {
         };
         format!(
             "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \
-             retries {}; threads {}; grace period {}; max body {} bytes; \
-             management {}; self-registration {}; log format {:?}",
+             retries {}; threads {}; grace period {}; max body {} bytes; max header {} bytes; \
+             client timeout {}; TLS {}; \
+             management {}; self-registration {}; log format {:?}; API keys {}",
             self.listen,
             self.ops_listen,
             self.consul.address,
@@ -376,10 +506,63 @@ impl RouterConfig {
             self.threads,
             humantime::format_duration(self.grace_period),
             self.max_body_size,
+            self.max_header_size,
+            humantime::format_duration(self.client_timeout),
+            match &self.tls {
+                None => "off".to_owned(),
+                Some(tls) => format!(
+                    "{}{}",
+                    tls.cert.display(),
+                    if tls.client_ca.is_some() {
+                        " with client certificates"
+                    } else {
+                        ""
+                    }
+                ),
+            },
             on_off(self.enable_management),
             on_off(self.register),
             self.log_format,
+            match (&self.keys.file, self.keys.consul) {
+                (None, false) => "off (anonymous access)".to_owned(),
+                (None, true) => "from Consul KV".to_owned(),
+                (Some(file), _) => format!("from {}", file.display()),
+            },
         )
+    }
+}
+
+/// Secure by default: a router whose listeners are reachable from other machines requires keys
+/// unless anonymous access is asked for by name. Asking for both is a mistake worth stopping
+/// on, and so is asking for two key sources (each would replace the other's keys).
+fn check_access(
+    listeners: [(&str, SocketAddr); 2],
+    keys: &KeySources,
+    allow_anonymous: bool,
+) -> Result<(), ConfigError> {
+    if keys.consul && keys.file.is_some() {
+        return Err(invalid(
+            "keys-file",
+            "cannot be combined with --keys-from-consul: choose one key source",
+        ));
+    }
+    match (keys.required(), allow_anonymous) {
+        (true, true) => Err(invalid(
+            "allow-anonymous",
+            "cannot be combined with --keys-from-consul or --keys-file, which require keys",
+        )),
+        (false, false) => match listeners.iter().find(|(_, addr)| !addr.ip().is_loopback()) {
+            Some((flag, addr)) => Err(invalid(
+                "allow-anonymous",
+                format!(
+                    "no API key source is configured and --{flag} {addr} is reachable from other \
+                     machines; give --keys-from-consul or --keys-file to require keys, or \
+                     --allow-anonymous to serve without them"
+                ),
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -388,6 +571,16 @@ fn on_off(on: bool) -> &'static str {
         "on"
     } else {
         "off"
+    }
+}
+
+/// A size: positive, or `default` when unset.
+fn size(field: &'static str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+    match value.map(parse_size) {
+        None => Ok(default),
+        Some(Ok(0)) => Err(invalid(field, "must be greater than zero")),
+        Some(Ok(size)) => Ok(size),
+        Some(Err(message)) => Err(invalid(field, message)),
     }
 }
 

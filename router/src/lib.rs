@@ -20,6 +20,11 @@
 //!   [`config::RouterConfig`].
 //! * [`static_fleet`]: the [`Fleet`] of `--backend URL`s, polled by the router itself
 //!   ([`static_fleet::StaticFleet`]).
+//! * [`keys`]: API keys: the accepted set ([`keys::KeyStore`]), their stored JSON, and their
+//!   sources (Consul KV, a file).
+//! * [`keygen`]: the `keygen` subcommand, which makes a key and its entry.
+//! * [`tls`]: TLS termination on the main listener, with certificates reloaded from disk
+//!   ([`tls::ServerTls`]).
 //! * [`metrics`]: the Prometheus metrics ([`metrics::Metrics`]).
 //! * [`ops`]: the ops listener: `/metrics`, `/healthz`, `/readyz`, `/v1/mesh/nodes`
 //!   ([`ops::serve`]).
@@ -30,7 +35,10 @@ pub mod backend;
 pub mod backend_set;
 pub mod config;
 pub mod discovery;
+mod file_stamp;
 pub mod fleet;
+pub mod keygen;
+pub mod keys;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
@@ -38,6 +46,7 @@ pub mod registration;
 pub mod select;
 pub mod server;
 pub mod static_fleet;
+pub mod tls;
 
 #[cfg(test)]
 mod testing;

@@ -5,12 +5,15 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use ollama_mesh_consul::watch::WatchConfig;
 use ollama_mesh_consul::{Client, ConsulSettings};
-use ollama_mesh_router::config::{Args, LogFormat, RouterConfig};
+use ollama_mesh_router::config::{Args, Command, LogFormat, RouterConfig};
+use ollama_mesh_router::keygen::NewKey;
+use ollama_mesh_router::keys::{ConsulKeys, FileKeys, KeyStore};
 use ollama_mesh_router::metrics::Metrics;
 use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
 use ollama_mesh_router::registration::{RouterService, SelfRegistration};
 use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
 use ollama_mesh_router::static_fleet::{PollConfig, StaticFleet};
+use ollama_mesh_router::tls::ServerTls;
 use ollama_mesh_router::{ops, Discovery, Fleet};
 use ollama_mesh_systemd::Notifier;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,10 +23,23 @@ const READY_POLL: Duration = Duration::from_millis(100);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Keygen(keygen)) = &args.command {
+        print!("{}", NewKey::generate(keygen)?.instructions());
+        return Ok(());
+    }
     let config = RouterConfig::from_args(&args, ConsulSettings::from_env())
         .context("invalid configuration")?;
     init_logging(config.log_format);
     tracing::info!(config = %config.summary(), "starting ollama-mesh-router {}", env!("CARGO_PKG_VERSION"));
+
+    // Checked before anything starts (and before Pingora, which panics on files it cannot
+    // load), so a bad file stops the router before it registers anywhere.
+    let tls = config
+        .tls
+        .clone()
+        .map(ServerTls::load)
+        .transpose()?
+        .map(Arc::new);
 
     // Discovery, the ops endpoints, self-registration and signals run on a small runtime of
     // their own; Pingora runs the proxy on its own threads.
@@ -50,14 +66,31 @@ fn main() -> anyhow::Result<()> {
             PollConfig::default(),
         ))
     };
+    // Kept alive until the router stops: dropping a source stops following it.
+    let keys = KeyStore::default();
+    let _consul_keys = config
+        .keys
+        .consul
+        .then(|| ConsulKeys::start(consul.clone(), keys.clone(), WatchConfig::default()));
+    let _file_keys = config
+        .keys
+        .file
+        .clone()
+        .map(|path| FileKeys::start(path, keys.clone()))
+        .transpose()?;
+
     let ops_listener = control
         .block_on(tokio::net::TcpListener::bind(config.ops_listen))
         .with_context(|| format!("cannot listen on --ops-listen {}", config.ops_listen))?;
     let ops_addr = ops_listener.local_addr()?;
+    // On loopback the ops endpoints serve the local host's agents; beyond it they need keys.
+    let ops_keys =
+        (config.keys.required() && !config.ops_listen.ip().is_loopback()).then(|| keys.clone());
     control.spawn(ops::serve(
         ops_listener,
         fleet.clone(),
         Metrics::new(),
+        ops_keys,
         std::future::pending(),
     ));
     tracing::info!(%ops_addr, "ops endpoints: /metrics /healthz /readyz /v1/mesh/nodes");
@@ -71,6 +104,11 @@ fn main() -> anyhow::Result<()> {
     control.spawn(notify_when_ready(fleet.clone(), notifier.clone()));
     control.spawn(stop_on_signal(shutdown.clone(), registration, notifier)?);
 
+    let _follow_tls_files = tls.as_ref().map(|tls| tls.follow_files());
+    if let Some(tls) = &tls {
+        control.spawn(reload_on_hangup(tls.clone())?);
+    }
+
     let active = ActiveRequests::default();
     let settings = ProxySettings {
         connect_timeout: config.timeouts.connect,
@@ -78,19 +116,23 @@ fn main() -> anyhow::Result<()> {
         retries: config.retries as usize,
         max_body_size: usize::try_from(config.max_body_size).unwrap_or(usize::MAX),
         enable_management: config.enable_management,
+        client_timeout: config.client_timeout,
+        max_header_size: usize::try_from(config.max_header_size).unwrap_or(usize::MAX),
     };
     let options = ServeOptions {
         listen: config.listen.to_string(),
+        tls,
         threads: config.threads.get(),
         grace_period: config.grace_period,
         max_attempts: config.retries as usize + 1,
     };
-    server::serve(
-        MeshProxy::new(fleet, settings, active.clone()),
-        active,
-        &options,
-        &shutdown,
-    );
+    let proxy = MeshProxy::new(fleet, settings, active.clone());
+    let proxy = if config.keys.required() {
+        proxy.with_keys(keys)
+    } else {
+        proxy
+    };
+    server::serve(proxy, active, &options, &shutdown);
     tracing::info!("stopped");
     Ok(())
 }
@@ -109,6 +151,17 @@ async fn notify_when_ready(fleet: Arc<dyn Fleet>, notifier: Notifier) {
             notifier.watchdog();
         }
     }
+}
+
+/// On SIGHUP, loads the TLS certificate and key again (they are also reloaded when they
+/// change on disk; the signal is for tools that rotate them and then signal, like certbot hooks).
+fn reload_on_hangup(tls: Arc<ServerTls>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            tls.reload();
+        }
+    })
 }
 
 /// On SIGTERM or SIGINT (Nomad's default): leave Consul first so no new clients are sent here,

@@ -9,7 +9,8 @@
 //! Labels are bounded by construction: `route` is one of the router's fixed route names,
 //! `model` is a model some backend of the fleet has on disk (callers pass the literal `unknown`
 //! for any other name a client sends, and `none` when a request names no model), `node` and
-//! `instance` are instances of the fleet, and `status`, `reason`, `state` and `watch` come from
+//! `instance` are instances of the fleet, `key` is the name of an API key entry an operator
+//! wrote (never the key itself), and `status`, `reason`, `state` and `watch` come from
 //! small fixed sets. A client can therefore not grow the metrics by sending made-up model names.
 
 use std::collections::HashSet;
@@ -59,6 +60,8 @@ struct Families {
     tokens: IntCounterVec,
     tokens_per_second: HistogramVec,
     retries: IntCounterVec,
+    key_requests: IntCounterVec,
+    auth_denied: IntCounterVec,
     backends: IntGaugeVec,
     in_flight: IntGaugeVec,
     watch_errors: IntCounterVec,
@@ -112,6 +115,18 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         "ollama_mesh_retries_total",
         "Requests sent to another backend after one failed before the first byte, by reason.",
         &["route", "reason"]
+    )
+    .expect(REGISTERED),
+    key_requests: register_int_counter_vec!(
+        "ollama_mesh_key_requests_total",
+        "Requests answered for each API key (by its name, never the key), by HTTP status.",
+        &["key", "status"]
+    )
+    .expect(REGISTERED),
+    auth_denied: register_int_counter_vec!(
+        "ollama_mesh_auth_denied_total",
+        "Requests refused at the door: missing, invalid or refused (disabled, expired) keys, and forbidden (no admin scope).",
+        &["reason"]
     )
     .expect(REGISTERED),
     backends: register_int_gauge_vec!(
@@ -215,6 +230,22 @@ impl Metrics {
         self.families()
             .retries
             .with_label_values(&[route, reason])
+            .inc();
+    }
+
+    /// Counts a request answered for the API key called `key`.
+    pub fn key_request(&self, key: &str, status: u16) {
+        self.families()
+            .key_requests
+            .with_label_values(&[key, &status.to_string()])
+            .inc();
+    }
+
+    /// Counts a request refused for `reason` (`missing`, `invalid`, `refused`, `forbidden`).
+    pub fn auth_denied(&self, reason: &str) {
+        self.families()
+            .auth_denied
+            .with_label_values(&[reason])
             .inc();
     }
 

@@ -11,16 +11,20 @@
 //!   time this router last saw it change.
 //!
 //! Anything else is a 404 (or 405 for a known path with another method), in JSON.
+//!
+//! Bound beyond loopback with API keys required, `/metrics` and `/v1/mesh/nodes` need an admin
+//! key (they describe the whole fleet); `/healthz` and `/readyz` stay open to the health checks
+//! of Consul and load balancers, which send no credentials and learn nothing from them.
 
 mod nodes;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -30,6 +34,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::Fleet;
 use nodes::ChangeLog;
@@ -49,22 +54,27 @@ struct Ops {
     fleet: Arc<dyn Fleet>,
     metrics: Metrics,
     changes: ChangeLog,
+    /// Keys for the fleet-describing endpoints; `None` leaves them open.
+    keys: Option<KeyStore>,
 }
 
 /// Serves the ops endpoints on `listener` until `shutdown` resolves, then lets open
-/// connections finish (a few seconds at most) and returns.
+/// connections finish (a few seconds at most) and returns. With `keys`, `/metrics` and
+/// `/v1/mesh/nodes` need an admin key.
 ///
 /// Errors accepting one connection are logged and do not stop the server.
 pub async fn serve(
     listener: TcpListener,
     fleet: Arc<dyn Fleet>,
     metrics: Metrics,
+    keys: Option<KeyStore>,
     shutdown: impl Future<Output = ()>,
 ) {
     let ops = Arc::new(Ops {
         fleet,
         metrics,
         changes: ChangeLog::default(),
+        keys,
     });
     let follower = tokio::spawn(follow_changes(Arc::downgrade(&ops)));
     let graceful = GracefulShutdown::new();
@@ -86,7 +96,10 @@ pub async fn serve(
         let ops = ops.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let ops = ops.clone();
-            async move { Ok::<_, Infallible>(ops.handle(request.method(), request.uri().path())) }
+            async move {
+                let answer = ops.handle(request.method(), request.uri().path(), request.headers());
+                Ok::<_, Infallible>(answer)
+            }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
@@ -119,7 +132,7 @@ async fn follow_changes(ops: std::sync::Weak<Ops>) {
 }
 
 impl Ops {
-    fn handle(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    fn handle(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
         let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/v1/mesh/nodes");
         if known && !matches!(*method, Method::GET | Method::HEAD) {
             return json(
@@ -128,6 +141,11 @@ impl Ops {
                     error: format!("{method} {path}: only GET is allowed"),
                 },
             );
+        }
+        if matches!(path, "/metrics" | "/v1/mesh/nodes") {
+            if let Some(refusal) = self.refusal(path, headers) {
+                return refusal;
+            }
         }
         match path {
             "/metrics" => self.metrics(),
@@ -144,6 +162,27 @@ impl Ops {
                     error: format!("not found: {path}"),
                 },
             ),
+        }
+    }
+
+    /// The answer to a request for `path` without an admin key, when keys are required.
+    fn refusal(&self, path: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+        let keys = self.keys.as_ref()?;
+        match keys.authenticate_request(headers, SystemTime::now()) {
+            Err(denied) => {
+                let error = denied.to_string();
+                let mut refusal = json(StatusCode::UNAUTHORIZED, &Problem { error });
+                refusal.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static(denied.challenge()),
+                );
+                Some(refusal)
+            }
+            Ok(key) if !key.is_admin() => {
+                let error = format!("{path} requires an API key with the admin scope");
+                Some(json(StatusCode::FORBIDDEN, &Problem { error }))
+            }
+            Ok(_) => None,
         }
     }
 

@@ -18,15 +18,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::proxy::MeshProxy;
+use crate::tls::ServerTls;
 
 /// How often a draining router checks whether its requests have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// Where and how to serve.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Listen address, `host:port`.
     pub listen: String,
+    /// TLS on the listener; `None` serves plain HTTP.
+    pub tls: Option<Arc<ServerTls>>,
     /// Pingora worker threads.
     pub threads: usize,
     /// Longest time running requests may take to finish after shutdown is requested.
@@ -101,7 +104,10 @@ pub fn serve(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
-    service.add_tcp(&options.listen);
+    match &options.tls {
+        Some(tls) => service.add_tls_with_settings(&options.listen, None, tls.settings()),
+        None => service.add_tcp(&options.listen),
+    }
     server.add_service(service);
     server.bootstrap();
     server.run(RunArgs {

@@ -1,4 +1,5 @@
-//! Health entries as a sidecar would register them, for the unit tests of every module.
+//! Health entries as a sidecar would register them, and API keys, for the unit tests of every
+//! module.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,16 @@ use ollama_mesh_consul::contract::{ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 
 use crate::backend_set::BackendSet;
+use crate::keys::{hex, sha256, ApiKey, KeyEntry};
+
+/// The key `secret` as the entry called `name` with `extra` JSON fields (`, "rpm": 2`) makes it.
+pub(crate) fn api_key(name: &str, secret: &str, extra: &str) -> ApiKey {
+    let json = format!(
+        r#"{{"sha256": "{}"{extra}}}"#,
+        hex(&sha256(secret.as_bytes()))
+    );
+    KeyEntry::parse(&json).unwrap().check(name).unwrap()
+}
 
 /// An instance on its own node, passing, weight 1, one GPU with one slot, no models.
 pub(crate) fn instance(id: &str) -> Instance {

@@ -11,7 +11,7 @@ use common::*;
 use ollama_mesh_consul::contract::{self, kv as layout, InstanceId};
 use ollama_mesh_consul::kv::WriteCondition;
 use ollama_mesh_consul::watch::WatchConfig;
-use ollama_mesh_consul::{Client, ConsulSettings};
+use ollama_mesh_consul::Client;
 use ollama_mesh_router::proxy::ProxySettings;
 use ollama_mesh_router::{Discovery, Fleet};
 use ollama_mesh_sim::NodeSpec;
@@ -19,14 +19,6 @@ use ollama_mesh_test_support::{ConsulDev, SimNode};
 use serde_json::json;
 
 const MODEL: &str = "llama3.2:1b";
-
-fn consul_client(consul: &ConsulDev) -> Client {
-    let settings = ConsulSettings {
-        http_addr: Some(consul.http_url()),
-        ..ConsulSettings::default()
-    };
-    Client::new(&settings.validate().unwrap()).unwrap()
-}
 
 /// Registers a node as its sidecar would.
 async fn register(client: &Client, id: &str, addr: SocketAddr) {
@@ -60,6 +52,8 @@ async fn router_over_consul(consul: &ConsulDev, nodes: usize) -> (Router, Arc<Di
         retries: 2,
         max_body_size: 1 << 20,
         enable_management: false,
+        client_timeout: Duration::from_secs(60),
+        max_header_size: 64 << 10,
     };
     let router = Router::with_fleet(discovery.clone() as Arc<dyn Fleet>, settings).await;
     (router, discovery)

@@ -44,7 +44,7 @@ impl OpsServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ops::serve(listener, fleet, Metrics::new(), async {
+        let task = tokio::spawn(ops::serve(listener, fleet, Metrics::new(), None, async {
             let _ = stopped.await;
         }));
         Self {

@@ -423,32 +423,60 @@ async fn management_is_off_unless_enabled_and_then_aimed_at_one_node() {
         .json();
     assert!(has(&on_b, "only-b:latest") && !has(&on_a, "only-b:latest"));
 
-    // No target: every node, one aggregated answer.
+    // No target: every node that has the source; alike answers come back as one Ollama's.
     let everywhere = post(
         &open.url("/api/copy"),
         json!({"source": "llama3.2:3b", "destination": "all"}),
     )
     .await;
     assert_eq!(everywhere.status, 200, "{:?}", everywhere.body);
-    let answer = everywhere.json();
-    assert_eq!(answer["status"], "success");
-    assert_eq!(answer["nodes"].as_array().unwrap().len(), 2);
+    assert!(
+        everywhere.body.is_empty(),
+        "Ollama's copy answers an empty 200"
+    );
+    assert_eq!(everywhere.headers["x-ollama-mesh-nodes"], "a=200, b=200");
     for node in [&a, &b] {
         let tags = call(Method::GET, &format!("{}/api/tags", node.url()), "")
             .await
             .json();
         assert!(has(&tags, "all:latest"));
     }
-    let partly = call(
+    // Meta lags the disk: no node lists only-b yet, but asking the nodes finds it on b.
+    let lagging = call(
         Method::DELETE,
         &open.url("/api/delete"),
         json!({"model": "only-b"}).to_string(),
     )
     .await;
-    assert_eq!(partly.status, 502, "deleted on b, missing on a");
+    assert_eq!(lagging.status, 200);
+    assert_eq!(lagging.headers["x-ollama-mesh-nodes"], "b=200");
+    let nowhere = call(
+        Method::DELETE,
+        &open.url("/api/delete"),
+        json!({"model": "only-b"}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (nowhere.status.as_u16(), nowhere.json()["error"].as_str()),
+        (404, Some("model 'only-b' not found"))
+    );
+    // A node whose Meta is stale (it lost the model since) fails; the others still succeed.
+    let gone = call(
+        Method::DELETE,
+        &format!("{}/api/delete", a.url()),
+        json!({"model": "llama3.2:3b"}).to_string(),
+    )
+    .await;
+    assert_eq!(gone.status, 200);
+    let partly = post(
+        &open.url("/api/copy"),
+        json!({"source": "llama3.2:3b", "destination": "again"}),
+    )
+    .await;
+    assert_eq!(partly.status, 502, "copied on b, missing on a");
     let error = partly.json()["error"].as_str().unwrap().to_owned();
     assert!(
-        error.contains("delete failed on 1 of 2 nodes") && error.contains("a: 404"),
+        error.contains("copy failed on 1 of 2 nodes") && error.contains("a: 404"),
         "{error}"
     );
 }
@@ -492,4 +520,45 @@ async fn shutdown_is_quick_when_idle_and_lets_running_streams_finish() {
     assert_eq!(answer.status, 200);
     let last = answer.last_line();
     assert_eq!(last["done"], true, "the stream ran to its end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_on_a_node_before_its_meta_says_so_is_still_found() {
+    let a = SimNode::with_models(&["llama3.2:3b"]).await;
+    let b = SimNode::with_models(&["llama3.2:3b"]).await;
+    let router = Router::start(
+        vec![
+            entry("a", a.addr(), &["llama3.2:3b"], &[], 1),
+            entry("b", b.addr(), &["llama3.2:3b"], &[], 1),
+        ],
+        settings(),
+    )
+    .await;
+    // Copied onto b a moment ago: the sidecar has not updated b's Meta yet.
+    let copied = post(
+        &format!("{}/api/copy", b.url()),
+        json!({"source": "llama3.2:3b", "destination": "fresh"}),
+    )
+    .await;
+    assert_eq!(copied.status, 200);
+    for _ in 0..3 {
+        let answer = post(
+            &router.url("/api/generate"),
+            json!({"model": "fresh", "prompt": "hi", "stream": false}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+    }
+    assert_eq!((requests_on(&a), requests_on(&b)), (0, 3));
+    let missing = post(
+        &router.url("/api/embed"),
+        json!({"model": "nowhere", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    let message = missing.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        message.starts_with("model \"nowhere\" not found, try pulling it first"),
+        "Ollama's own words for the embedding routes: {message}"
+    );
 }

@@ -59,6 +59,7 @@ async fn the_router_registers_stays_registered_and_leaves() {
         ops_listener,
         fleet,
         Metrics::new(),
+        None,
         std::future::pending(),
     ));
 

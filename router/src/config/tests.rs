@@ -31,7 +31,7 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn defaults_are_the_documented_ones() {
-    let config = config(&[]).unwrap();
+    let config = config(&["--allow-anonymous"]).unwrap();
     assert_eq!(
         config.listen,
         "0.0.0.0:11434".parse::<SocketAddr>().unwrap()
@@ -60,6 +60,7 @@ fn defaults_are_the_documented_ones() {
     assert!(!config.register);
     assert_eq!(config.max_body_size, 64 * 1024 * 1024);
     assert_eq!(config.log_format, LogFormat::Text);
+    assert_eq!(config.keys, KeySources::default());
 }
 
 #[test]
@@ -126,9 +127,13 @@ fn consul_addr_overrides_consul_http_addr_and_the_token_is_kept() {
         token: Some("s3cr3t-token".into()),
         ..ConsulSettings::default()
     };
-    let from_env = RouterConfig::from_args(&parse(&[]), env.clone()).unwrap();
+    let from_env = RouterConfig::from_args(&parse(&["--allow-anonymous"]), env.clone()).unwrap();
     assert_eq!(from_env.consul.address.to_string(), "http://10.1.1.1:8500");
-    let flagged = RouterConfig::from_args(&parse(&["--consul-addr=127.0.0.1:18500"]), env).unwrap();
+    let flagged = RouterConfig::from_args(
+        &parse(&["--consul-addr=127.0.0.1:18500", "--allow-anonymous"]),
+        env,
+    )
+    .unwrap();
     assert_eq!(flagged.consul.address.to_string(), "http://127.0.0.1:18500");
     assert_eq!(flagged.consul.token.as_deref(), Some("s3cr3t-token"));
 }
@@ -241,7 +246,9 @@ fn invalid_values_name_their_flag() {
 #[test]
 fn a_zero_grace_period_is_allowed() {
     assert_eq!(
-        config(&["--grace-period=0s"]).unwrap().grace_period,
+        config(&["--grace-period=0s", "--allow-anonymous"])
+            .unwrap()
+            .grace_period,
         Duration::ZERO
     );
 }
@@ -274,7 +281,11 @@ fn the_summary_says_what_runs_and_hides_the_token() {
         ..ConsulSettings::default()
     };
     let config = RouterConfig::from_args(
-        &parse(&["--backend=http://10.0.0.5:11434", "--read-timeout=2h"]),
+        &parse(&[
+            "--backend=http://10.0.0.5:11434",
+            "--read-timeout=2h",
+            "--keys-from-consul",
+        ]),
         env,
     )
     .unwrap();
@@ -287,4 +298,88 @@ fn the_summary_says_what_runs_and_hides_the_token() {
     );
     assert!(summary.contains("listen 0.0.0.0:11434"), "{summary}");
     assert!(summary.contains("read 2h"), "{summary}");
+    assert!(summary.contains("API keys from Consul KV"), "{summary}");
+}
+
+#[test]
+fn without_keys_only_loopback_or_an_explicit_flag_is_served() {
+    let refused = error(&[]);
+    assert!(
+        refused.starts_with("--allow-anonymous: no API key source"),
+        "{refused}"
+    );
+    for allowed in [
+        &["--listen=127.0.0.1:11434"][..],
+        &["--listen=[::1]:11434"],
+        &["--allow-anonymous"],
+        &["--keys-from-consul"],
+        &["--keys-file=/etc/ollama-mesh/keys.json"],
+    ] {
+        assert!(config(allowed).is_ok(), "{allowed:?}");
+    }
+    let ops = error(&["--listen=127.0.0.1:1", "--ops-listen=0.0.0.0:9"]);
+    assert!(ops.contains("--ops-listen 0.0.0.0:9 is reachable"), "{ops}");
+    let keys = config(&["--keys-file=/k.json"]).unwrap().keys;
+    assert_eq!(keys.file.as_deref(), Some(Path::new("/k.json")));
+    assert!(keys.required() && !keys.consul);
+    assert!(error(&["--keys-from-consul", "--allow-anonymous"]).starts_with("--allow-anonymous: "));
+    assert!(error(&["--keys-from-consul", "--keys-file=/k.json"]).starts_with("--keys-file: "));
+}
+
+#[test]
+fn keygen_is_a_subcommand_beside_the_flags() {
+    let args = parse(&[
+        "keygen",
+        "--name=ci",
+        "--scope=admin",
+        "--models=llama3*,qwen2.5",
+        "--expires=2027-01-01T00:00:00Z",
+    ]);
+    let Some(Command::Keygen(keygen)) = args.command else {
+        panic!("keygen parsed: {args:?}");
+    };
+    assert_eq!(keygen.name, "ci");
+    assert_eq!(keygen.models, ["llama3*", "qwen2.5"]);
+    let routing = parse(&["--listen=127.0.0.1:1", "--keys-from-consul"]);
+    assert_eq!(routing.command, None);
+    assert_eq!(routing.settings.keys_from_consul, Some(true));
+}
+
+#[test]
+fn client_limits_are_read_and_bounded_by_pingora() {
+    let set = config(&[
+        "--listen=127.0.0.1:1",
+        "--client-timeout=5s",
+        "--max-header-size=16KiB",
+    ])
+    .unwrap();
+    assert_eq!(set.client_timeout, Duration::from_secs(5));
+    assert_eq!(set.max_header_size, 16 << 10);
+    let defaults = config(&["--listen=127.0.0.1:1"]).unwrap();
+    assert_eq!(defaults.client_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.max_header_size, 64 << 10);
+    assert!(error(&["--listen=127.0.0.1:1", "--max-header-size=2MiB"])
+        .starts_with("--max-header-size: must be at most"));
+    assert!(
+        error(&["--listen=127.0.0.1:1", "--client-timeout=0s"]).starts_with("--client-timeout: ")
+    );
+}
+
+#[test]
+fn tls_needs_a_certificate_and_its_key() {
+    let tls = config(&[
+        "--listen=127.0.0.1:1",
+        "--tls-cert=/c.pem",
+        "--tls-key=/k.pem",
+        "--tls-client-ca=/ca.pem",
+    ])
+    .unwrap()
+    .tls
+    .unwrap();
+    assert_eq!(tls.cert, Path::new("/c.pem"));
+    assert_eq!(tls.key, Path::new("/k.pem"));
+    assert_eq!(tls.client_ca.as_deref(), Some(Path::new("/ca.pem")));
+    assert!(error(&["--listen=127.0.0.1:1", "--tls-cert=/c.pem"]).starts_with("--tls-key: "));
+    assert!(error(&["--listen=127.0.0.1:1", "--tls-key=/k.pem"]).starts_with("--tls-cert: "));
+    assert!(error(&["--listen=127.0.0.1:1", "--tls-client-ca=/ca.pem"]).starts_with("--tls-cert: "));
 }

@@ -6,7 +6,7 @@ use ollama_mesh_consul::watch::WatchStatus;
 use serde_json::Value;
 
 use super::*;
-use crate::testing::{instance, set};
+use crate::testing::{api_key, instance, set};
 use crate::BackendSet;
 
 /// A fleet whose set, readiness and watches the test controls.
@@ -36,11 +36,21 @@ fn ops(fleet: Arc<TestFleet>) -> Ops {
         fleet,
         metrics: Metrics::new(),
         changes: ChangeLog::default(),
+        keys: None,
     }
 }
 
 async fn call(ops: &Ops, method: Method, path: &str) -> (StatusCode, String, Value) {
-    let response = ops.handle(&method, path);
+    call_with(ops, method, path, &HeaderMap::new()).await
+}
+
+async fn call_with(
+    ops: &Ops,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> (StatusCode, String, Value) {
+    let response = ops.handle(&method, path, headers);
     let status = response.status();
     let content_type = response
         .headers()
@@ -127,4 +137,46 @@ async fn unknown_paths_and_methods_are_json_errors() {
     let (status, _, body) = call(&ops, Method::POST, "/readyz").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["error"].as_str().unwrap().contains("only GET"));
+}
+
+#[tokio::test]
+async fn with_keys_the_fleet_views_need_an_admin_key_and_health_stays_open() {
+    let fleet = Arc::new(TestFleet::default());
+    fleet.ready.store(true, Ordering::Relaxed);
+    let keys = KeyStore::default();
+    keys.replace(vec![
+        api_key("user", "om-user", ""),
+        api_key("admin", "om-admin", r#", "scope": "admin""#),
+    ]);
+    let ops = Ops {
+        keys: Some(keys),
+        ..ops(fleet)
+    };
+    let with = |key: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        headers
+    };
+    for path in ["/metrics", "/v1/mesh/nodes"] {
+        let (status, _, body) = call(&ops, Method::GET, path).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("missing API key"));
+        let (status, _, _) = call_with(&ops, Method::GET, path, &with("om-user")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        let (status, _, _) = call_with(&ops, Method::GET, path, &with("om-admin")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            call(&ops, Method::GET, path).await.0,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
 }

@@ -1,18 +1,39 @@
 //! Model management sent to every node at once, with one aggregated answer.
 //!
-//! `POST /api/pull` without a target node pulls the model onto every node that takes work (and
-//! likewise copy, delete, create, push). Streaming progress from many nodes cannot be merged
+//! Without a target node, `POST /api/pull` pulls the model onto every node that takes work;
+//! copy, delete, push and create from an existing model go to every node that has that model
+//! (copying a model to a node that lacks it could only fail). Streaming progress from many nodes cannot be merged
 //! into one Ollama stream, so each node is asked for a single final answer (`"stream": false`)
-//! and the router answers with every node's result:
-//! `{"status": "success", "nodes": [{"instance": "gpu-1", "status": 200, "response": {…}}]}`.
-//! When any node fails the answer also carries Ollama's `error` field, so clients raise it.
+//! and the router answers once: when every node answered alike, with that answer exactly as one
+//! Ollama gives it; otherwise with every node's result and Ollama's `error` field, so clients
+//! raise it. The `X-Ollama-Mesh-Nodes` header always says which nodes answered what.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::fanout::NodeAnswer;
+use super::route::Management;
 use crate::Backend;
+
+/// The model a request works on that must already exist on a node: copy's `source`, delete's
+/// and push's `model`, create's `from`. `None` for pull, or when the body does not say.
+pub fn existing_model(management: Management, body: &Bytes) -> Option<String> {
+    let field = match management {
+        Management::Copy => "source",
+        Management::Delete | Management::Push => "model",
+        Management::Create => "from",
+        Management::Pull => return None,
+    };
+    let object = serde_json::from_slice::<Map<String, Value>>(body).ok()?;
+    object
+        .get(field)
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+}
 
 /// The body each node gets: the client's, with streaming turned off when it is a JSON object.
 pub fn node_body(body: &Bytes) -> Bytes {
@@ -25,13 +46,46 @@ pub fn node_body(body: &Bytes) -> Bytes {
     }
 }
 
-/// The aggregated status and body. All succeeded: 200. All failed alike: that status (e.g.
-/// 404 when no node has the model). Otherwise 502, naming the nodes that failed.
-pub fn aggregate(
-    action: &str,
-    nodes: &[&std::sync::Arc<Backend>],
-    answers: Vec<NodeAnswer>,
-) -> (u16, Bytes) {
+/// The one answer to a broadcast.
+pub struct Aggregated {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type ("" for none).
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Bytes,
+    /// Each node and its status, for [`super::NODES_HEADER`].
+    pub nodes: String,
+}
+
+const JSON: &str = "application/json; charset=utf-8";
+
+/// One answer for all nodes. When every node answered alike, that answer, exactly as one Ollama
+/// gives it (clients cannot tell a fleet from a node). Otherwise every node's result, with
+/// Ollama's `error` field: the common status when all failed alike (e.g. 404), else 502.
+pub fn aggregate(action: &str, nodes: &[&Arc<Backend>], answers: Vec<NodeAnswer>) -> Aggregated {
+    let summary = nodes
+        .iter()
+        .zip(&answers)
+        .map(|(node, answer)| match answer {
+            Ok((status, _)) => format!("{}={}", node.id(), status.as_u16()),
+            Err(_) => format!("{}=unreachable", node.id()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(Ok((status, body))) = answers.first() {
+        let alike = answers
+            .iter()
+            .all(|a| matches!(a, Ok((s, b)) if s == status && b == body));
+        if alike {
+            return Aggregated {
+                status: status.as_u16(),
+                content_type: if body.is_empty() { "" } else { JSON },
+                body: body.clone(),
+                nodes: summary,
+            };
+        }
+    }
     let mut results = Vec::with_capacity(answers.len());
     let mut failures = Vec::new();
     let mut statuses = Vec::new();
@@ -52,26 +106,36 @@ pub fn aggregate(
             }
         }
     }
-    if nodes.is_empty() {
-        let body = json!({ "error": "no Ollama instance is accepting requests", "nodes": [] });
-        return (503, Bytes::from(body.to_string()));
-    }
-    if failures.is_empty() {
-        let body = json!({ "status": "success", "nodes": results });
-        return (200, Bytes::from(body.to_string()));
-    }
+    let body = if failures.is_empty() {
+        json!({ "status": "success", "nodes": results })
+    } else {
+        let error = format!(
+            "{action} failed on {} of {} nodes: {}",
+            failures.len(),
+            nodes.len(),
+            failures.join("; ")
+        );
+        json!({ "error": error, "nodes": results })
+    };
     let status = match statuses.first() {
+        _ if failures.is_empty() => 200,
         Some(Some(first)) if statuses.iter().all(|s| *s == Some(*first)) => first.as_u16(),
         _ => 502,
     };
-    let error = format!(
-        "{action} failed on {} of {} nodes: {}",
-        failures.len(),
-        nodes.len(),
-        failures.join("; ")
-    );
-    let body = json!({ "error": error, "nodes": results });
-    (status, Bytes::from(body.to_string()))
+    Aggregated {
+        status,
+        content_type: JSON,
+        body: Bytes::from(body.to_string()),
+        nodes: summary,
+    }
+}
+
+/// Ollama's text when the model a management request names does not exist.
+pub fn not_found(management: Management, model: &str) -> String {
+    match management {
+        Management::Delete => format!("model '{model}' not found"),
+        _ => format!("model \"{model}\" not found"),
+    }
 }
 
 fn response_value(body: &Bytes) -> Value {
@@ -95,6 +159,32 @@ fn error_text(status: StatusCode, body: &Bytes) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_on_existing_models_name_them() {
+        let body = |json: &str| Bytes::from(json.to_owned());
+        assert_eq!(
+            existing_model(
+                Management::Copy,
+                &body(r#"{"source":"a","destination":"b"}"#)
+            )
+            .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            existing_model(Management::Delete, &body(r#"{"model":"a"}"#)).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            existing_model(Management::Create, &body(r#"{"model":"b","from":"a"}"#)).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            existing_model(Management::Pull, &body(r#"{"model":"a"}"#)),
+            None
+        );
+        assert_eq!(existing_model(Management::Copy, &body("{}")), None);
+    }
 
     #[test]
     fn streaming_is_turned_off_for_each_node() {

@@ -2,6 +2,8 @@
 //! one module per concern.
 //!
 //! * `route`: what a request is, from its method and normalized path.
+//! * `auth`: who the caller is (API keys) and what they may do.
+//! * `limits`: per-key rate and concurrency limits.
 //! * `body`: reading the body to learn the model, within a size limit.
 //! * `views`: fleet-wide `/api/tags`, `/api/ps`, `/v1/models` and `/api/version`.
 //! * `dialect`: errors as Ollama or OpenAI clients expect them.
@@ -9,23 +11,27 @@
 //!   target node.
 //! * `completion`: generation statistics read off the streaming response.
 //! * `large_body`: bodies larger than Pingora's replay buffer, sent through a subrequest.
+//! * `lookup`: asking the nodes for a model their Meta does not list yet.
 //!
 //! A request that names a model is sent to a backend chosen by [`crate::select::choose`]; the
 //! choice's in-flight guard lives in the request context, so every way a request ends releases
 //! it. Requests the router does not need to understand (a bad body, an unknown path) go to any
 //! backend, so the caller gets Ollama's own answer.
 
+mod auth;
 mod body;
 mod broadcast;
 mod completion;
 mod dialect;
 mod fanout;
 mod large_body;
+mod limits;
+mod lookup;
 mod route;
 mod views;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,18 +42,29 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::keys::{KeyStore, API_KEY_HEADER};
 use crate::metrics::Metrics;
 use crate::select::{self, SelectError};
 use crate::server::{ActiveRequest, ActiveRequests};
-use crate::{Fleet, InFlightGuard};
-use body::{BodyBuffer, ModelInBody};
+use crate::{Backend, Fleet, InFlightGuard};
+use auth::Caller;
+use body::BodyBuffer;
 use completion::CompletionScanner;
 use fanout::FanOut;
-pub use route::{Dialect, Management, Route};
+use limits::{Limits, Slot};
+use lookup::Lookup;
+// The request inspection the fuzz target (router/fuzz) drives directly.
+pub use auth::is_admin_path;
+pub use body::{model_in, ModelInBody};
+pub use route::{encode as encode_path, normalize as normalize_path, Dialect, Management, Route};
 use views::{View, Views};
 
 /// Header naming the instance a model-management request is for.
 pub const NODE_HEADER: &str = "x-ollama-mesh-node";
+/// Prefix of the mesh's internal headers, which only admins may send to a node.
+pub const INTERNAL_HEADER_PREFIX: &str = "x-ollama-mesh-";
+/// Header listing the nodes a broadcast reached and how each answered (`gpu-1=200, gpu-2=404`).
+pub const NODES_HEADER: &str = "x-ollama-mesh-nodes";
 /// Header carrying the request's ID to the backend and back to the client.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -67,6 +84,10 @@ pub struct ProxySettings {
     pub max_body_size: usize,
     /// Whether model-management endpoints are served.
     pub enable_management: bool,
+    /// Longest wait on one read of a client's body or one write of the response to it.
+    pub client_timeout: Duration,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_size: usize,
 }
 
 /// Ollama's API for the whole fleet.
@@ -75,13 +96,20 @@ pub struct MeshProxy {
     settings: ProxySettings,
     views: Views,
     fanout: FanOut,
+    lookup: Lookup,
     active: ActiveRequests,
     metrics: Metrics,
+    /// The accepted API keys; `None` lets every caller in.
+    keys: Option<KeyStore>,
+    limits: Limits,
 }
 
 /// What the router knows about one request.
 pub struct RequestContext {
     route: Route,
+    caller: Caller,
+    /// The caller's concurrency slot, held while the request runs.
+    _slot: Option<Slot>,
     model: Option<String>,
     request_id: String,
     /// A backend chosen before `upstream_peer` (so a missing model is answered early).
@@ -114,17 +142,79 @@ impl MeshProxy {
     /// A proxy over `fleet`, counting its requests in `active` (for draining at shutdown).
     pub fn new(fleet: Arc<dyn Fleet>, settings: ProxySettings, active: ActiveRequests) -> Self {
         let fanout = FanOut::new();
-        let views = Views::new(
-            fanout.clone(),
-            settings.connect_timeout.max(Duration::from_secs(5)),
-        );
+        // Views and lookups are small reads; a node that cannot answer them quickly is left out.
+        let node_read_timeout = settings.connect_timeout.max(Duration::from_secs(5));
         Self {
             fleet,
+            views: Views::new(fanout.clone(), node_read_timeout),
+            lookup: Lookup::new(fanout.clone(), node_read_timeout),
             settings,
-            views,
             fanout,
             active,
             metrics: Metrics::new(),
+            keys: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// This proxy, requiring every caller to present one of the keys in `keys`.
+    pub fn with_keys(mut self, keys: KeyStore) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Lets the caller in, or answers 401 (no or a bad key), 403 (a management path without
+    /// an admin key) or 429 (the key's limits); returns whether the request is done.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        path: &str,
+    ) -> Result<bool> {
+        if let Some(keys) = &self.keys {
+            match auth::authenticate(keys, session.req_header(), SystemTime::now()) {
+                Ok(caller) => ctx.caller = caller,
+                Err(denied) => {
+                    self.metrics.auth_denied(denied.label());
+                    let challenge = [(http::header::WWW_AUTHENTICATE, denied.challenge())];
+                    respond_error_with(
+                        session,
+                        ctx.route.dialect(),
+                        401,
+                        &denied.to_string(),
+                        &challenge,
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if auth::is_admin_path(path) && !ctx.caller.is_admin() {
+            self.metrics.auth_denied("forbidden");
+            let message = format!("{path} requires an API key with the admin scope");
+            respond_error(session, Dialect::Native, 403, &message).await?;
+            return Ok(true);
+        }
+        // A large body's subrequest runs within its parent, which holds the request's slot.
+        let Some(key) = ctx
+            .caller
+            .key()
+            .filter(|_| large_body::forwarded(session).is_none())
+        else {
+            return Ok(false);
+        };
+        match self.limits.acquire(key, Instant::now()) {
+            Ok(slot) => {
+                ctx._slot = slot;
+                Ok(false)
+            }
+            Err(limited) => {
+                let retry_after = limited.retry_after_seconds().to_string();
+                let message = limited.message(key);
+                let headers = [(http::header::RETRY_AFTER, retry_after.as_str())];
+                respond_error_with(session, ctx.route.dialect(), 429, &message, &headers).await?;
+                Ok(true)
+            }
         }
     }
 
@@ -176,9 +266,24 @@ impl MeshProxy {
             Route::Management(management) => {
                 return self.management(session, ctx, *management).await
             }
+            Route::Other
+                if ctx.caller.is_model_restricted()
+                    && !matches!(session.req_header().method, Method::GET | Method::HEAD) =>
+            {
+                // A route the router does not read could name any model (a newer Ollama API,
+                // say): a key limited to some models may only write where models are checked.
+                let message = "this API key may use only some models, and this route is not one \
+                               the router checks models on";
+                respond_error(session, dialect, 403, message).await?;
+                return Ok(true);
+            }
             Route::Other => return Ok(false),
         };
-        let body = self.views.gather(view, &set).await;
+        let caller = &ctx.caller;
+        let body = self
+            .views
+            .gather(view, &set, |model| caller.allows_model(model))
+            .await;
         respond(session, 200, JSON, body).await?;
         Ok(true)
     }
@@ -204,6 +309,13 @@ impl MeshProxy {
         let body = buffer.freeze();
         if let ModelInBody::Named(model) = body::model_in(&body) {
             ctx.model = Some(model);
+        } else if ctx.caller.is_model_restricted() {
+            // Without a model the request would go to any node, which might read one this
+            // router could not (a duplicated field, say) and run it.
+            let message =
+                "this API key may use only some models; the request must name one in a JSON body";
+            respond_error(session, ctx.route.dialect(), 400, message).await?;
+            return Ok(true);
         }
         if self.choose_early(session, ctx).await? {
             return Ok(true);
@@ -223,18 +335,31 @@ impl MeshProxy {
     /// Chooses the first backend now, so that "no such model" is answered in the caller's
     /// dialect before anything is sent upstream.
     async fn choose_early(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
-        let set = self.fleet.backends();
-        match select::choose(&set, ctx.model.as_deref(), &ctx.tried, &mut ctx.rng) {
-            Ok(guard) => {
-                ctx.chosen = Some(guard);
-                Ok(false)
-            }
-            Err(error) => {
-                let (status, message) = describe(&error);
-                respond_error(session, ctx.route.dialect(), status, &message).await?;
-                Ok(true)
+        if let Some(model) = ctx.model.as_deref() {
+            if !ctx.caller.allows_model(model) {
+                let message = format!("model '{model}' is not allowed for this API key");
+                respond_error(session, ctx.route.dialect(), 403, &message).await?;
+                return Ok(true);
             }
         }
+        let set = self.fleet.backends();
+        let error = match select::choose(&set, ctx.model.as_deref(), &ctx.tried, &mut ctx.rng) {
+            Ok(guard) => {
+                ctx.chosen = Some(guard);
+                return Ok(false);
+            }
+            Err(error) => error,
+        };
+        if let (SelectError::ModelNotFound { model, .. }, false) = (&error, set.is_empty()) {
+            // Meta may lag a model pulled or copied a moment ago: ask the nodes before a 404.
+            if let Some(node) = self.lookup.nodes_with(&set, model).await.into_iter().next() {
+                ctx.chosen = Some(InFlightGuard::new(node));
+                return Ok(false);
+            }
+        }
+        let (status, message) = describe(&error, &ctx.route);
+        respond_error(session, ctx.route.dialect(), status, &message).await?;
+        Ok(true)
     }
 
     /// Model management changes a node's disk: off unless enabled, and aimed at one node.
@@ -252,6 +377,7 @@ impl MeshProxy {
             respond_error(session, Dialect::Native, 403, &message).await?;
             return Ok(true);
         }
+        self.lookup.forget_misses();
         let target = session
             .get_header(NODE_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -290,21 +416,47 @@ impl MeshProxy {
                 return Ok(true);
             }
         }
+        let body = buffer.freeze();
         let set = self.fleet.backends();
-        let nodes: Vec<_> = set
+        let existing = broadcast::existing_model(management, &body);
+        let mut nodes: Vec<Arc<Backend>> = set
             .backends()
             .iter()
             .filter(|b| b.state().accepts_new_work())
+            .filter(|b| existing.as_deref().is_none_or(|model| b.has_model(model)))
+            .cloned()
             .collect();
+        if let Some(model) = &existing {
+            if nodes.is_empty() {
+                nodes = self.lookup.nodes_with(&set, model).await;
+            }
+            if nodes.is_empty() {
+                let message = broadcast::not_found(management, model);
+                respond_error(session, Dialect::Native, 404, &message).await?;
+                return Ok(true);
+            }
+        }
         let header = session.req_header();
         let (method, path) = (header.method.clone(), header.uri.path().to_owned());
-        let body = broadcast::node_body(&buffer.freeze());
+        let body = broadcast::node_body(&body);
+        let targets: Vec<&Arc<Backend>> = nodes.iter().collect();
         let answers = self
             .fanout
-            .send_all(&nodes, &method, &path, &body, self.settings.read_timeout)
+            .send_all(&targets, &method, &path, &body, self.settings.read_timeout)
             .await;
-        let (status, body) = broadcast::aggregate(management.label(), &nodes, answers);
-        respond(session, status, JSON, body).await?;
+        let answer = broadcast::aggregate(management.label(), &targets, answers);
+        let headers = [(
+            http::HeaderName::from_static(NODES_HEADER),
+            answer.nodes.as_str(),
+        )];
+        respond_with(
+            session,
+            answer.status,
+            answer.content_type,
+            answer.body,
+            &headers,
+        )
+        .await?;
         Ok(true)
     }
 }
@@ -316,6 +468,8 @@ impl ProxyHttp for MeshProxy {
     fn new_ctx(&self) -> RequestContext {
         RequestContext {
             route: Route::Other,
+            caller: Caller::default(),
+            _slot: None,
             model: None,
             request_id: String::new(),
             chosen: None,
@@ -339,6 +493,19 @@ impl ProxyHttp for MeshProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
+        // Slow clients: Pingora bounds each read of the head; the body and the response get
+        // the same bound per read and write.
+        session.set_read_timeout(Some(self.settings.client_timeout));
+        session.set_write_timeout(Some(self.settings.client_timeout));
+        let head = head_size(session.req_header());
+        if head > self.settings.max_header_size {
+            let message = format!(
+                "request headers are {head} bytes; the limit is {}",
+                self.settings.max_header_size
+            );
+            respond_error(session, Dialect::Native, 431, &message).await?;
+            return Ok(true);
+        }
         ctx.request_id = session
             .get_header(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -349,10 +516,11 @@ impl ProxyHttp for MeshProxy {
             respond_error(session, Dialect::Native, 400, "invalid request path").await?;
             return Ok(true);
         };
-        if path != header.uri.path() {
+        let upstream_path = route::encode(&path);
+        if upstream_path != header.uri.path() {
             let uri = match header.uri.query() {
-                Some(query) => format!("{path}?{query}"),
-                None => path.clone(),
+                Some(query) => format!("{upstream_path}?{query}"),
+                None => upstream_path,
             };
             let uri: Uri = uri
                 .parse()
@@ -360,6 +528,9 @@ impl ProxyHttp for MeshProxy {
             session.req_header_mut().set_uri(uri);
         }
         ctx.route = Route::classify(&session.req_header().method, &path);
+        if self.admit(session, ctx, &path).await? {
+            return Ok(true);
+        }
         self.answer_locally(session, ctx).await
     }
 
@@ -374,7 +545,7 @@ impl ProxyHttp for MeshProxy {
                 let set = self.fleet.backends();
                 select::choose(&set, ctx.model.as_deref(), &ctx.tried, &mut ctx.rng).map_err(
                     |error| {
-                        let (status, message) = describe(&error);
+                        let (status, message) = describe(&error, &ctx.route);
                         Error::explain(ErrorType::HTTPStatus(status), message)
                     },
                 )?
@@ -401,6 +572,23 @@ impl ProxyHttp for MeshProxy {
             upstream.insert_header(http::header::HOST, guard.backend().address())?;
         }
         upstream.remove_header(NODE_HEADER);
+        if !ctx.caller.is_admin() {
+            // Headers of the mesh's own are the router's (or an admin's) to send.
+            let internal: Vec<http::HeaderName> = upstream
+                .headers
+                .keys()
+                .filter(|name| name.as_str().starts_with(INTERNAL_HEADER_PREFIX))
+                .cloned()
+                .collect();
+            for name in internal {
+                upstream.remove_header(&name);
+            }
+        }
+        if self.keys.is_some() {
+            // The key is for the router: a node (or whoever runs it) never sees it.
+            upstream.remove_header(&http::header::AUTHORIZATION);
+            upstream.remove_header(API_KEY_HEADER);
+        }
         upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         Ok(())
     }
@@ -536,9 +724,13 @@ impl ProxyHttp for MeshProxy {
         if !ctx.forwarded_to_subrequest {
             self.metrics
                 .request_finished(ctx.route.label(), &model, status, elapsed);
+            if let Some(key) = ctx.caller.key() {
+                self.metrics.key_request(&key.name, status);
+            }
         }
         tracing::debug!(
             request_id = %ctx.request_id,
+            key = ctx.caller.key().map_or("", |k| k.name.as_str()),
             route = ctx.route.label(),
             model,
             backend = backend.as_deref().unwrap_or(""),
@@ -553,20 +745,34 @@ impl ProxyHttp for MeshProxy {
     }
 }
 
+/// The size of a request head as sent: request line and header lines.
+fn head_size(header: &RequestHeader) -> usize {
+    let line = header.method.as_str().len() + header.uri.to_string().len() + 12;
+    header.headers.iter().fold(line, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + 4
+    })
+}
+
 /// The status and message for a failed choice.
-fn describe(error: &SelectError) -> (u16, String) {
+///
+/// A missing model gets Ollama's own text for the route (its embedding endpoints word it
+/// differently), followed by the models the fleet does have.
+fn describe(error: &SelectError, route: &Route) -> (u16, String) {
     match error {
-        SelectError::ModelNotFound { model, available } => (
-            404,
-            if available.is_empty() {
-                format!("model '{model}' not found")
+        SelectError::ModelNotFound { model, available } => {
+            let ollama_text = match route.label() {
+                "embed" | "embeddings" | "openai_embeddings" => {
+                    format!("model \"{model}\" not found, try pulling it first")
+                }
+                _ => format!("model '{model}' not found"),
+            };
+            let message = if available.is_empty() {
+                ollama_text
             } else {
-                format!(
-                    "model '{model}' not found; the fleet has: {}",
-                    available.join(", ")
-                )
-            },
-        ),
+                format!("{ollama_text}; the fleet has: {}", available.join(", "))
+            };
+            (404, message)
+        }
         SelectError::NoneAvailable | SelectError::AllTried { .. } => (503, error.to_string()),
     }
 }
@@ -578,9 +784,26 @@ async fn respond(
     content_type: &str,
     body: Bytes,
 ) -> Result<()> {
+    respond_with(session, status, content_type, body, &[]).await
+}
+
+/// [`respond`] with extra headers. An empty `content_type` sends none, as Ollama does for its
+/// empty 200s.
+async fn respond_with(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    headers: &[(http::HeaderName, &str)],
+) -> Result<()> {
     let head_only = session.req_header().method == Method::HEAD;
-    let mut header = ResponseHeader::build(status, Some(2))?;
-    header.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    let mut header = ResponseHeader::build(status, Some(2 + headers.len()))?;
+    for (name, value) in headers {
+        header.insert_header(name.clone(), *value)?;
+    }
+    if !content_type.is_empty() {
+        header.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    }
     header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     session
         .write_response_header(Box::new(header), head_only)
@@ -597,11 +820,17 @@ async fn respond_error(
     status: u16,
     message: &str,
 ) -> Result<()> {
-    respond(
-        session,
-        status,
-        JSON,
-        dialect::error_body(dialect, status, message),
-    )
-    .await
+    respond_error_with(session, dialect, status, message, &[]).await
+}
+
+/// [`respond_error`] with extra headers.
+async fn respond_error_with(
+    session: &mut Session,
+    dialect: Dialect,
+    status: u16,
+    message: &str,
+    headers: &[(http::HeaderName, &str)],
+) -> Result<()> {
+    let body = dialect::error_body(dialect, status, message);
+    respond_with(session, status, JSON, body, headers).await
 }

@@ -1,8 +1,9 @@
 //! Which kind of request this is, decided from the method and the normalized path.
 //!
 //! Paths are normalized before matching (percent-decoding, `//`, `.` and `..` segments, a
-//! trailing `/`), and the normalized path is what goes upstream, so a spelling that Ollama
-//! would resolve to a route is classified as that route here too.
+//! trailing `/`), and the normalized path is what goes upstream, re-encoded ([`encode`]) so
+//! that the node, which decodes it once more, reads exactly the path classified here: a
+//! double-encoded `%2570` or an encoded `?` cannot turn into another route on the node.
 
 use http::Method;
 
@@ -163,6 +164,22 @@ pub fn normalize(path: &str) -> Option<String> {
     Some(format!("/{}", segments.join("/")))
 }
 
+/// The normalized `path` as it goes upstream: every byte a path segment may not carry
+/// literally (RFC 3986 `pchar`), `%` included, percent-encoded, so decoding it gives `path`
+/// back.
+pub fn encode(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &byte in path.as_bytes() {
+        let literal = byte.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&byte);
+        if literal {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn percent_decode(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -231,6 +248,22 @@ mod tests {
             );
         }
         assert_eq!(normalize("/").as_deref(), Some("/"));
+        for (once, upstream) in [
+            ("/api/%2570ull", "/api/%2570ull"),
+            ("/api/pull%3Fx", "/api/pull%3Fx"),
+            ("/api/pull%23", "/api/pull%23"),
+            ("/v1/models/llama3.2%3A3b", "/v1/models/llama3.2:3b"),
+            ("/api/caf%C3%A9", "/api/caf%C3%A9"),
+        ] {
+            let normalized = normalize(once).unwrap();
+            let sent = encode(&normalized);
+            assert_eq!(sent, upstream, "{once}");
+            assert_eq!(
+                normalize(&sent).unwrap(),
+                normalized,
+                "the node reads {once} as classified"
+            );
+        }
         assert_eq!(normalize("/api/%zz"), None);
         assert_eq!(normalize("/api/%00pull"), None);
     }

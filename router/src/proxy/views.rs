@@ -39,9 +39,15 @@ impl Views {
         Self { fanout, timeout }
     }
 
-    /// The merged view across every node that takes work. Nodes that fail to answer are left
+    /// The merged view across every node that takes work, with only the models `visible`
+    /// accepts (a caller sees the models its key may use). Nodes that fail to answer are left
     /// out (and logged): a model picker should not break because one node is slow.
-    pub async fn gather(&self, view: View, set: &BackendSet) -> Bytes {
+    pub async fn gather(
+        &self,
+        view: View,
+        set: &BackendSet,
+        visible: impl Fn(&str) -> bool,
+    ) -> Bytes {
         let path = match view {
             View::Tags => "/api/tags",
             View::Ps => "/api/ps",
@@ -66,11 +72,12 @@ impl Views {
                     None
                 }
             });
-        let merged = match view {
+        let mut merged = match view {
             View::Tags => merge_tags(lists),
             View::Ps => merge_ps(lists),
             View::OpenAiModels => merge_openai_models(lists),
         };
+        retain_visible(view, &mut merged, visible);
         Bytes::from(merged.to_string())
     }
 }
@@ -124,6 +131,22 @@ fn merge_openai_models(lists: impl Iterator<Item = (String, Value)>) -> Value {
     let mut data = unique_by(lists.flat_map(|(_, v)| entries(v, "data")), "id");
     data.sort_by_key(|m| std::cmp::Reverse(m.get("created").and_then(Value::as_i64)));
     json!({ "object": "list", "data": data })
+}
+
+/// Drops the entries of a merged view whose model `visible` refuses.
+fn retain_visible(view: View, merged: &mut Value, visible: impl Fn(&str) -> bool) {
+    let (list, name) = match view {
+        View::Tags | View::Ps => ("models", "name"),
+        View::OpenAiModels => ("data", "id"),
+    };
+    if let Some(Value::Array(entries)) = merged.get_mut(list) {
+        entries.retain(|entry| {
+            entry
+                .get(name)
+                .and_then(Value::as_str)
+                .is_some_and(&visible)
+        });
+    }
 }
 
 fn unique_by(items: impl Iterator<Item = Value>, key: &str) -> Vec<Value> {
@@ -212,6 +235,18 @@ mod tests {
             merge_openai_models(vec![("a".to_owned(), a.clone()), ("b".to_owned(), a)].into_iter());
         assert_eq!(merged["object"], "list");
         assert_eq!(merged["data"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn views_show_only_visible_models() {
+        let mut tags =
+            json!({"models": [{"name": "llama3.2:3b"}, {"name": "qwen2.5:7b"}, {"size": 1}]});
+        retain_visible(View::Tags, &mut tags, |m| m.starts_with("llama"));
+        assert_eq!(tags, json!({"models": [{"name": "llama3.2:3b"}]}));
+        let mut models =
+            json!({"object": "list", "data": [{"id": "x:latest"}, {"id": "y:latest"}]});
+        retain_visible(View::OpenAiModels, &mut models, |m| m == "y:latest");
+        assert_eq!(models["data"], json!([{"id": "y:latest"}]));
     }
 
     #[test]

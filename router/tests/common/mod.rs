@@ -16,10 +16,13 @@ use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration,
 use ollama_mesh_consul::contract::{self, ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 use ollama_mesh_consul::watch::WatchStatus;
+use ollama_mesh_consul::ConsulSettings;
+use ollama_mesh_router::keys::{hex, sha256, KeyEntry, KeyStore};
 use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
 use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
+use ollama_mesh_router::tls::ServerTls;
 use ollama_mesh_router::{BackendSet, Fleet};
-use ollama_mesh_test_support::{free_port, SimNode};
+use ollama_mesh_test_support::{free_port, ConsulDev, SimNode};
 use serde_json::Value;
 
 /// A fixed fleet: the backend set the proxy sees, built the way discovery builds it.
@@ -87,6 +90,8 @@ pub fn settings() -> ProxySettings {
         retries: 2,
         max_body_size: 64 << 20,
         enable_management: false,
+        client_timeout: Duration::from_secs(60),
+        max_header_size: 64 << 10,
     }
 }
 
@@ -105,11 +110,46 @@ impl Router {
 
     /// A router in front of `fleet`.
     pub async fn with_fleet(fleet: Arc<dyn Fleet>, settings: ProxySettings) -> Self {
+        Self::with_proxy(|active| MeshProxy::new(fleet, settings, active)).await
+    }
+
+    /// A router over `entries` that requires one of `keys`.
+    pub async fn with_keys(
+        entries: Vec<ServiceEntry>,
+        settings: ProxySettings,
+        keys: KeyStore,
+    ) -> Self {
+        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
+        Self::with_proxy(|active| MeshProxy::new(fleet, settings, active).with_keys(keys)).await
+    }
+
+    /// A router over `entries` serving TLS.
+    pub async fn with_tls(
+        entries: Vec<ServiceEntry>,
+        settings: ProxySettings,
+        tls: Arc<ServerTls>,
+    ) -> Self {
+        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
+        Self::serving(|active| MeshProxy::new(fleet, settings, active), Some(tls)).await
+    }
+
+    /// A router serving the proxy `build` makes, given the request counter it must use.
+    pub async fn with_proxy(build: impl FnOnce(ActiveRequests) -> MeshProxy) -> Self {
+        Self::serving(build, None).await
+    }
+
+    async fn serving(
+        build: impl FnOnce(ActiveRequests) -> MeshProxy,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Self {
         let active = ActiveRequests::default();
-        let proxy = MeshProxy::new(fleet, settings, active.clone());
+        let proxy = build(active.clone());
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let options = ServeOptions {
             listen: addr.to_string(),
+            tls,
             threads: 2,
             grace_period: Duration::from_secs(10),
             max_attempts: 3,
@@ -188,12 +228,24 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 pub async fn call(method: Method, url: &str, body: impl Into<Bytes>) -> Answer {
-    let request = Request::builder()
+    call_with(method, url, &[], body).await
+}
+
+/// [`call`] with extra request headers.
+pub async fn call_with(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut request = Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(body.into()))
-        .unwrap();
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).unwrap();
     let response = client().request(request).await.expect("request");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
@@ -206,6 +258,39 @@ pub async fn call(method: Method, url: &str, body: impl Into<Bytes>) -> Answer {
 
 pub async fn post(url: &str, body: Value) -> Answer {
     call(Method::POST, url, body.to_string()).await
+}
+
+/// The stored entry of the API key `secret`, with `extra` JSON fields (`, "rpm": 2`).
+pub fn key_entry_json(secret: &str, extra: &str) -> String {
+    format!(
+        r#"{{"sha256": "{}"{extra}}}"#,
+        hex(&sha256(secret.as_bytes()))
+    )
+}
+
+/// A key store holding `(name, secret, extra fields)` keys.
+pub fn key_store(keys: &[(&str, &str, &str)]) -> KeyStore {
+    let store = KeyStore::default();
+    store.replace(
+        keys.iter()
+            .map(|(name, secret, extra)| {
+                KeyEntry::parse(&key_entry_json(secret, extra))
+                    .unwrap()
+                    .check(name)
+                    .unwrap()
+            })
+            .collect(),
+    );
+    store
+}
+
+/// A client of the `consul agent -dev` under test.
+pub fn consul_client(consul: &ConsulDev) -> ollama_mesh_consul::Client {
+    let settings = ConsulSettings {
+        http_addr: Some(consul.http_url()),
+        ..ConsulSettings::default()
+    };
+    ollama_mesh_consul::Client::new(&settings.validate().unwrap()).unwrap()
 }
 
 pub fn requests_on(node: &SimNode) -> u64 {
