@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ollama_mesh_consul::config::{ClientConfig, ConsulSettings};
 use ollama_mesh_consul::contract;
+pub use ollama_mesh_daemon::LogFormat;
 use serde::Deserialize;
 
 use crate::keygen::KeygenArgs;
@@ -163,17 +164,6 @@ pub struct Settings {
     /// router otherwise refuses to). [default: false]
     #[arg(long, env = "OLLAMA_MESH_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub allow_anonymous: Option<bool>,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Why the configuration cannot be used.

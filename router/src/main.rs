@@ -5,7 +5,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use ollama_mesh_consul::watch::WatchConfig;
 use ollama_mesh_consul::{Client, ConsulSettings};
-use ollama_mesh_router::config::{Args, Command, LogFormat, RouterConfig};
+use ollama_mesh_daemon::{init_logging, Notifier};
+use ollama_mesh_router::config::{Args, Command, RouterConfig};
 use ollama_mesh_router::keygen::NewKey;
 use ollama_mesh_router::keys::{ConsulKeys, FileKeys, KeyStore};
 use ollama_mesh_router::metrics::Metrics;
@@ -15,7 +16,6 @@ use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
 use ollama_mesh_router::static_fleet::{PollConfig, StaticFleet};
 use ollama_mesh_router::tls::ServerTls;
 use ollama_mesh_router::{ops, Discovery, Fleet};
-use ollama_mesh_systemd::Notifier;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often readiness is checked before `READY=1` is sent to systemd.
@@ -185,14 +185,4 @@ fn stop_on_signal(
         }
         shutdown.trigger();
     })
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

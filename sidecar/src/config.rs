@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 use ollama_mesh_consul::config::{ClientConfig, ConsulAddress, ConsulSettings};
 use ollama_mesh_consul::contract::{self, InstanceId};
+pub use ollama_mesh_daemon::LogFormat;
 
 /// Register the local Ollama in Consul, keep its entry true, and drain it cleanly.
 ///
@@ -135,15 +136,6 @@ pub enum GpuProbeKind {
     NvidiaSmi,
     /// CPU node: report no GPUs.
     None,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// A flag whose value cannot be used.

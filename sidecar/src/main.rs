@@ -1,9 +1,9 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use ollama_mesh_consul::ConsulSettings;
-use ollama_mesh_sidecar::config::{Args, LogFormat, SidecarConfig};
+use ollama_mesh_daemon::{init_logging, Notifier};
+use ollama_mesh_sidecar::config::{Args, SidecarConfig};
 use ollama_mesh_sidecar::Sidecar;
-use ollama_mesh_systemd::Notifier;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main]
@@ -25,14 +25,4 @@ async fn main() -> anyhow::Result<()> {
     };
     sidecar.run(shutdown).await?;
     Ok(())
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

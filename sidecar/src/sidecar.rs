@@ -18,7 +18,7 @@ use crate::http_get::HttpGet;
 use crate::ollama::OllamaClient;
 use crate::registration::{self, Observation};
 use crate::{gpu, SidecarError};
-use ollama_mesh_systemd::Notifier;
+use ollama_mesh_daemon::Notifier;
 
 /// Backoff between registration attempts while Consul fails; capped low so a returning agent
 /// sees the node again within seconds.
