@@ -133,6 +133,12 @@ pub struct Settings {
     #[arg(long, env = "OLLAMA_MESH_MAX_HEADER_SIZE")]
     pub max_header_size: Option<String>,
 
+    /// Most client connections open at once; more are answered 503 and closed (over HTTP/2,
+    /// each concurrent stream counts). Keep it below the process's file-descriptor limit.
+    /// [default: 10000]
+    #[arg(long, env = "OLLAMA_MESH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
     /// Serve TLS on --listen with this PEM certificate chain (leaf first); needs --tls-key.
     /// Reloaded when the file changes or on SIGHUP.
     #[arg(long, env = "OLLAMA_MESH_TLS_CERT")]
@@ -255,6 +261,8 @@ pub struct RouterConfig {
     pub client_timeout: Duration,
     /// Largest request head, in bytes.
     pub max_header_size: u64,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Where API keys come from.
@@ -268,6 +276,7 @@ const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:11435";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The seed's nginx used 600 s: a cold model load on a slow disk takes minutes.
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_RETRIES: u32 = 2;
 /// Long enough for a typical generation to finish, short enough that a rolling restart of
 /// several replicas does not take minutes (Pingora's own default is 300 s).
@@ -304,6 +313,7 @@ impl Settings {
             max_body_size: overrides.max_body_size.or(self.max_body_size),
             client_timeout: overrides.client_timeout.or(self.client_timeout),
             max_header_size: overrides.max_header_size.or(self.max_header_size),
+            max_connections: overrides.max_connections.or(self.max_connections),
             log_format: overrides.log_format.or(self.log_format),
             keys_from_consul: overrides.keys_from_consul.or(self.keys_from_consul),
             keys_file: overrides.keys_file.or(self.keys_file),
@@ -418,6 +428,11 @@ impl RouterConfig {
                 format!("must be at most {PINGORA_MAX_HEADER_SIZE} bytes (Pingora's own limit)"),
             ));
         }
+        let max_connections = match settings.max_connections {
+            Some(0) => return Err(invalid("max-connections", "must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
         let client_timeout = timeout(
             "client-timeout",
             settings.client_timeout.as_deref(),
@@ -462,6 +477,7 @@ impl RouterConfig {
             max_body_size,
             client_timeout,
             max_header_size,
+            max_connections,
             log_format: settings.log_format.unwrap_or_default(),
             keys,
             tls,
@@ -480,7 +496,7 @@ impl RouterConfig {
         format!(
             "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \
              retries {}; threads {}; grace period {}; max body {} bytes; max header {} bytes; \
-             client timeout {}; TLS {}; \
+             client timeout {}; max connections {}; TLS {}; \
              management {}; self-registration {}; log format {:?}; API keys {}",
             self.listen,
             self.ops_listen,
@@ -498,6 +514,7 @@ impl RouterConfig {
             self.max_body_size,
             self.max_header_size,
             humantime::format_duration(self.client_timeout),
+            self.max_connections,
             match &self.tls {
                 None => "off".to_owned(),
                 Some(tls) => format!(

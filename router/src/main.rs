@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         enable_management: config.enable_management,
         client_timeout: config.client_timeout,
         max_header_size: usize::try_from(config.max_header_size).unwrap_or(usize::MAX),
+        max_connections: config.max_connections,
     };
     let options = ServeOptions {
         listen: config.listen.to_string(),

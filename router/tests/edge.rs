@@ -209,3 +209,68 @@ async fn nodes_get_the_path_as_classified() {
         heads[0]
     );
 }
+
+/// Sends one keep-alive request on `stream` and returns the status of its answer.
+async fn keep_alive_get(stream: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: router\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Small answers with a Content-Length: read until the head and the body are in.
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n")
+        || !answer.ends_with(b"running") && !answer.ends_with(b"}")
+    {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_until_one_closes() {
+    let a = SimNode::with_models(&["llama3.2:3b"]).await;
+    let router = Router::start(
+        vec![entry("a", a.addr(), &["llama3.2:3b"], &[], 1)],
+        ProxySettings {
+            max_connections: 2,
+            ..settings()
+        },
+    )
+    .await;
+    let mut first = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    assert_eq!(keep_alive_get(&mut first).await, 200);
+    assert_eq!(keep_alive_get(&mut second).await, 200);
+    // Kept alive, both still hold their places: a second request on one needs no new place.
+    assert_eq!(keep_alive_get(&mut first).await, 200);
+
+    let mut third = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    assert_eq!(keep_alive_get(&mut third).await, 503);
+
+    drop(first);
+    let started = std::time::Instant::now();
+    loop {
+        let mut next = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+        if keep_alive_get(&mut next).await == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a closed connection never freed its place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

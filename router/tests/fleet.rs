@@ -54,6 +54,7 @@ async fn router_over_consul(consul: &ConsulDev, nodes: usize) -> (Router, Arc<Di
         enable_management: false,
         client_timeout: Duration::from_secs(60),
         max_header_size: 64 << 10,
+        max_connections: 1_000,
     };
     let router = Router::with_fleet(discovery.clone() as Arc<dyn Fleet>, settings).await;
     (router, discovery)

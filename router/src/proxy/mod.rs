@@ -11,6 +11,7 @@
 //!   target node.
 //! * `completion`: generation statistics read off the streaming response.
 //! * `large_body`: bodies larger than Pingora's replay buffer, sent through a subrequest.
+//! * `connections`: the cap on open client connections.
 //! * `lookup`: asking the nodes for a model their Meta does not list yet.
 //!
 //! A request that names a model is sent to a backend chosen by [`crate::select::choose`]; the
@@ -22,6 +23,7 @@ mod auth;
 mod body;
 mod broadcast;
 mod completion;
+mod connections;
 mod dialect;
 mod fanout;
 mod large_body;
@@ -50,6 +52,7 @@ use crate::{Backend, Fleet, InFlightGuard};
 use auth::Caller;
 use body::BodyBuffer;
 use completion::CompletionScanner;
+use connections::{ConnectionLimit, ConnectionPermit};
 use fanout::FanOut;
 use limits::{Limits, Slot};
 use lookup::Lookup;
@@ -88,6 +91,8 @@ pub struct ProxySettings {
     pub client_timeout: Duration,
     /// Largest request head (request line and headers) accepted.
     pub max_header_size: usize,
+    /// Most client connections open at once.
+    pub max_connections: usize,
 }
 
 /// Ollama's API for the whole fleet.
@@ -102,6 +107,7 @@ pub struct MeshProxy {
     /// The accepted API keys; `None` lets every caller in.
     keys: Option<KeyStore>,
     limits: Limits,
+    connections: ConnectionLimit,
 }
 
 /// What the router knows about one request.
@@ -124,6 +130,8 @@ pub struct RequestContext {
     forwarded_to_subrequest: bool,
     rng: fastrand::Rng,
     _active: ActiveRequest,
+    /// This connection's place under the connection cap, carried across kept-alive requests.
+    connection: Option<ConnectionPermit>,
 }
 
 impl RequestContext {
@@ -148,6 +156,7 @@ impl MeshProxy {
             fleet,
             views: Views::new(fanout.clone(), node_read_timeout),
             lookup: Lookup::new(fanout.clone(), node_read_timeout),
+            connections: ConnectionLimit::new(settings.max_connections),
             settings,
             fanout,
             active,
@@ -481,7 +490,29 @@ impl ProxyHttp for MeshProxy {
             forwarded_to_subrequest: false,
             rng: fastrand::Rng::new(),
             _active: self.active.start(),
+            connection: None,
         }
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+        previous: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(permit) = previous.downcast::<ConnectionPermit>() {
+            ctx.connection = Some(*permit);
+        }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestContext,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        ctx.connection
+            .clone()
+            .map(|permit| Box::new(permit) as Box<dyn std::any::Any + Send + Sync>)
     }
 
     fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestContext) -> bool {
@@ -497,6 +528,20 @@ impl ProxyHttp for MeshProxy {
         // the same bound per read and write.
         session.set_read_timeout(Some(self.settings.client_timeout));
         session.set_write_timeout(Some(self.settings.client_timeout));
+        if ctx.connection.is_none() && session.subrequest_ctx.is_none() {
+            match self.connections.try_acquire() {
+                Some(permit) => ctx.connection = Some(permit),
+                None => {
+                    session.set_keepalive(None);
+                    let message = format!(
+                        "the router has {} client connections open, its limit (--max-connections)",
+                        self.connections.open()
+                    );
+                    respond_error(session, Dialect::Native, 503, &message).await?;
+                    return Ok(true);
+                }
+            }
+        }
         let head = head_size(session.req_header());
         if head > self.settings.max_header_size {
             let message = format!(

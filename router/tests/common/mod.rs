@@ -92,6 +92,7 @@ pub fn settings() -> ProxySettings {
         enable_management: false,
         client_timeout: Duration::from_secs(60),
         max_header_size: 64 << 10,
+        max_connections: 1_000,
     }
 }
 
