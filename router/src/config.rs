@@ -26,9 +26,10 @@ use ollama_mesh_consul::contract;
 pub use ollama_mesh_daemon::LogFormat;
 use serde::Deserialize;
 
+use crate::backend_tls::BackendTls;
 use crate::keygen::KeygenArgs;
 use crate::static_fleet::StaticBackend;
-use crate::tls::TlsFiles;
+use crate::tls::{TlsError, TlsFiles};
 
 /// One Ollama endpoint for a whole fleet of GPU nodes.
 ///
@@ -79,8 +80,9 @@ pub struct Settings {
     #[arg(long, env = "OLLAMA_MESH_SERVICE_NAME")]
     pub service_name: Option<String>,
 
-    /// A static backend (http://HOST:PORT), polled by the router itself instead of discovered
-    /// in Consul. Repeatable; in the environment, comma-separated.
+    /// A static backend (http://HOST:PORT, or https://HOST:PORT for one behind a TLS proxy),
+    /// polled by the router itself instead of discovered in Consul. Repeatable (all http:// or
+    /// all https://); in the environment, comma-separated.
     #[arg(long = "backend", env = "OLLAMA_MESH_BACKEND", value_delimiter = ',')]
     #[serde(rename = "backend")]
     pub backends: Vec<String>,
@@ -152,6 +154,16 @@ pub struct Settings {
     #[arg(long, env = "OLLAMA_MESH_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Reach the nodes discovered in Consul over HTTPS (Ollama behind a TLS-terminating proxy);
+    /// https:// --backend URLs imply it. [default: false]
+    #[arg(long, env = "OLLAMA_MESH_BACKEND_TLS", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub backend_tls: Option<bool>,
+
+    /// PEM CA bundle the nodes' certificates must chain to, with TLS to the nodes. [default:
+    /// the system's root certificates]
+    #[arg(long, env = "OLLAMA_MESH_BACKEND_CA")]
+    pub backend_ca: Option<PathBuf>,
+
     /// Log format. [default: text]
     #[arg(long, env = "OLLAMA_MESH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -183,6 +195,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A TLS file (the listener's or the nodes' CA) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The `--config` file cannot be read or is not valid TOML for these settings.
     #[error("--config {}: {message}", path.display())]
     File {
@@ -269,6 +284,8 @@ pub struct RouterConfig {
     pub keys: KeySources,
     /// TLS on the main listener.
     pub tls: Option<TlsFiles>,
+    /// TLS to the nodes, with the certificates it trusts; `None` speaks plain HTTP to them.
+    pub backend_tls: Option<BackendTls>,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:11434";
@@ -321,6 +338,8 @@ impl Settings {
             tls_cert: overrides.tls_cert.or(self.tls_cert),
             tls_key: overrides.tls_key.or(self.tls_key),
             tls_client_ca: overrides.tls_client_ca.or(self.tls_client_ca),
+            backend_tls: overrides.backend_tls.or(self.backend_tls),
+            backend_ca: overrides.backend_ca.or(self.backend_ca),
         }
     }
 
@@ -390,6 +409,11 @@ impl RouterConfig {
             }
             static_backends.push(backend);
         }
+        let backend_tls = backend_tls(
+            &static_backends,
+            settings.backend_tls.unwrap_or(false),
+            settings.backend_ca,
+        )?;
         let timeouts = Timeouts {
             connect: timeout(
                 "connect-timeout",
@@ -481,6 +505,7 @@ impl RouterConfig {
             log_format: settings.log_format.unwrap_or_default(),
             keys,
             tls,
+            backend_tls,
         })
     }
 
@@ -496,7 +521,7 @@ impl RouterConfig {
         format!(
             "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \
              retries {}; threads {}; grace period {}; max body {} bytes; max header {} bytes; \
-             client timeout {}; max connections {}; TLS {}; \
+             client timeout {}; max connections {}; TLS {}; TLS to the nodes {}; \
              management {}; self-registration {}; log format {:?}; API keys {}",
             self.listen,
             self.ops_listen,
@@ -527,6 +552,13 @@ impl RouterConfig {
                     }
                 ),
             },
+            match &self.backend_tls {
+                None => "off".to_owned(),
+                Some(tls) => match tls.ca_file() {
+                    Some(ca) => format!("on, trusting {}", ca.display()),
+                    None => "on, trusting the system's roots".to_owned(),
+                },
+            },
             on_off(self.enable_management),
             on_off(self.register),
             self.log_format,
@@ -537,6 +569,49 @@ impl RouterConfig {
             },
         )
     }
+}
+
+/// TLS to the nodes is one setting for the whole fleet (Pingora and the router's own clients
+/// reach every node the same way), so static backends are all http:// or all https://, and
+/// https:// ones turn it on. `--backend-tls` with http:// backends, or a CA without TLS, is a
+/// contradiction worth stopping on rather than guessing which was meant.
+fn backend_tls(
+    static_backends: &[StaticBackend],
+    flag: bool,
+    ca_file: Option<PathBuf>,
+) -> Result<Option<BackendTls>, ConfigError> {
+    let https = static_backends.iter().filter(|b| b.tls()).count();
+    if https != 0 && https != static_backends.len() {
+        return Err(invalid(
+            "backend",
+            "mixes http:// and https:// URLs: TLS to the nodes is one setting for the fleet",
+        ));
+    }
+    if flag && !static_backends.is_empty() && https == 0 {
+        return Err(invalid(
+            "backend-tls",
+            "the --backend URLs are http://; write them as https:// instead",
+        ));
+    }
+    if !(flag || https > 0) {
+        return match ca_file {
+            Some(_) => Err(invalid(
+                "backend-ca",
+                "needs --backend-tls (or https:// --backend URLs)",
+            )),
+            None => Ok(None),
+        };
+    }
+    if let Some(path) = &ca_file {
+        // Pingora's connector takes the CA as a path string.
+        if path.to_str().is_none() {
+            return Err(invalid(
+                "backend-ca",
+                format!("{}: the path is not valid UTF-8", path.display()),
+            ));
+        }
+    }
+    Ok(Some(BackendTls::load(ca_file)?))
 }
 
 /// Secure by default: a router whose listeners are reachable from other machines requires keys

@@ -33,6 +33,7 @@
 
 pub mod backend;
 pub mod backend_set;
+pub mod backend_tls;
 pub mod config;
 pub mod discovery;
 mod file_stamp;

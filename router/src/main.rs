@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Arc::new(StaticFleet::start(
             config.static_backends.clone(),
             PollConfig::default(),
+            config.backend_tls.as_ref(),
         ))
     };
     // Kept alive until the router stops: dropping a source stops following it.
@@ -119,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         client_timeout: config.client_timeout,
         max_header_size: usize::try_from(config.max_header_size).unwrap_or(usize::MAX),
         max_connections: config.max_connections,
+        backend_tls: config.backend_tls.clone(),
     };
     let options = ServeOptions {
         listen: config.listen.to_string(),
@@ -126,6 +128,11 @@ fn main() -> anyhow::Result<()> {
         threads: config.threads.get(),
         grace_period: config.grace_period,
         max_attempts: config.retries as usize + 1,
+        backend_ca: config
+            .backend_tls
+            .as_ref()
+            .and_then(|tls| tls.ca_file())
+            .map(Into::into),
     };
     let proxy = MeshProxy::new(fleet, settings, active.clone());
     let proxy = if config.keys.required() {

@@ -7,6 +7,7 @@
 //! a busy one lets its streams finish. Requests that arrive meanwhile are still served, so a
 //! router that is being replaced drops nothing.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,10 @@ pub struct ServeOptions {
     pub grace_period: Duration,
     /// Upper bound on attempts per request (first try plus retries).
     pub max_attempts: usize,
+    /// The PEM CA bundle Pingora trusts for the nodes' certificates, with TLS to the nodes
+    /// (`--backend-ca`); `None` leaves Pingora's default, the system's roots. Must be valid
+    /// UTF-8 and loadable (the configuration checks both): Pingora panics on a bad file.
+    pub backend_ca: Option<PathBuf>,
 }
 
 /// Requests the router is handling right now.
@@ -100,6 +105,11 @@ pub fn serve(
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         max_retries: options.max_attempts.max(1),
+        // Pingora's upstream TLS connector loads this bundle instead of the system's roots.
+        ca_file: options
+            .backend_ca
+            .as_ref()
+            .map(|path| path.to_string_lossy().into_owned()),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

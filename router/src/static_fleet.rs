@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
+use crate::backend_tls::BackendTls;
 use crate::{BackendSet, Fleet};
 use probe::{Probe, Reading};
 
@@ -34,6 +35,7 @@ pub struct StaticBackend {
     host: String,
     port: u16,
     id: InstanceId,
+    tls: bool,
 }
 
 /// Why a `--backend` value is not usable.
@@ -47,20 +49,22 @@ pub struct InvalidBackendUrl {
 }
 
 impl StaticBackend {
-    /// Parses `http://host[:port]` (port 80 when absent, as for any URL; Ollama's 11434 must be
-    /// written). Only `http`: Ollama serves no TLS, and a backend behind a TLS proxy should be
-    /// registered in Consul instead.
+    /// Parses `http://host[:port]` or `https://host[:port]` (port 80 or 443 when absent, as for
+    /// any URL; Ollama's 11434 must be written). `https` is for an Ollama behind a
+    /// TLS-terminating proxy such as nginx; Ollama itself serves no TLS.
     pub fn parse(url: &str) -> Result<Self, InvalidBackendUrl> {
         let reject = |reason: &str| InvalidBackendUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|_| reject("not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(reject("only http:// URLs are supported"));
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(reject("only http:// and https:// URLs are supported")),
+        };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(reject("must be http://HOST:PORT without a path"));
+            return Err(reject("must be http(s)://HOST:PORT without a path"));
         }
         let host = uri
             .host()
@@ -69,7 +73,7 @@ impl StaticBackend {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let id = InstanceId::for_node(ID_PREFIX, &host, port)
             .map_err(|e| reject(&format!("cannot name it: {e}")))?;
         Ok(Self {
@@ -77,7 +81,13 @@ impl StaticBackend {
             host,
             port,
             id,
+            tls,
         })
+    }
+
+    /// Whether it is reached over HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// The URL without a trailing slash.
@@ -169,12 +179,22 @@ impl Drop for StaticFleet {
 }
 
 impl StaticFleet {
-    /// Starts polling `backends`. The set is empty until the first round has finished (see
-    /// [`StaticFleet::ready`]).
-    pub fn start(backends: Vec<StaticBackend>, config: PollConfig) -> Self {
+    /// Starts polling `backends`, over HTTPS with `tls` (which https:// backends need). The set
+    /// is empty until the first round has finished (see [`StaticFleet::ready`]).
+    pub fn start(
+        backends: Vec<StaticBackend>,
+        config: PollConfig,
+        tls: Option<&BackendTls>,
+    ) -> Self {
         let current = Arc::new(ArcSwap::from_pointee(BackendSet::default()));
         let (generation_tx, generation) = watch::channel(0);
-        let task = tokio::spawn(poll(backends, config, current.clone(), generation_tx));
+        let task = tokio::spawn(poll(
+            backends,
+            config,
+            Probe::new(config.timeout, tls),
+            current.clone(),
+            generation_tx,
+        ));
         Self {
             current,
             generation,
@@ -217,10 +237,10 @@ struct Polled {
 async fn poll(
     backends: Vec<StaticBackend>,
     config: PollConfig,
+    probe: Probe,
     current: Arc<ArcSwap<BackendSet>>,
     generation: watch::Sender<u64>,
 ) {
-    let probe = Probe::new(config.timeout);
     let mut polled: Vec<Polled> = backends
         .into_iter()
         .map(|backend| Polled {

@@ -52,9 +52,16 @@ pub enum TlsError {
         /// What is wrong.
         message: String,
     },
+    /// TLS to the nodes is on, no `--backend-ca` is given, and the system has no usable root
+    /// certificates to verify the nodes with.
+    #[error("--backend-tls: no usable system root certificates ({message}); give --backend-ca")]
+    NoSystemRoots {
+        /// What the system's certificate store said.
+        message: String,
+    },
 }
 
-fn file_error(flag: &'static str, path: &Path, message: impl fmt::Display) -> TlsError {
+pub(crate) fn file_error(flag: &'static str, path: &Path, message: impl fmt::Display) -> TlsError {
     TlsError::File {
         flag,
         path: path.to_owned(),
@@ -186,7 +193,11 @@ fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     Ok(certified)
 }
 
-fn certificates(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Every PEM certificate in `path`, at least one.
+pub(crate) fn certificates(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| file_error(flag, path, e))?;

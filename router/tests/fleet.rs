@@ -55,6 +55,7 @@ async fn router_over_consul(consul: &ConsulDev, nodes: usize) -> (Router, Arc<Di
         client_timeout: Duration::from_secs(60),
         max_header_size: 64 << 10,
         max_connections: 1_000,
+        backend_tls: None,
     };
     let router = Router::with_fleet(discovery.clone() as Arc<dyn Fleet>, settings).await;
     (router, discovery)

@@ -135,7 +135,7 @@ async fn ops_endpoints_describe_a_static_fleet() {
         static_backend(cpu.addr()),
         static_backend(silent.local_addr().unwrap()),
     ];
-    let fleet = Arc::new(StaticFleet::start(backends.clone(), POLL));
+    let fleet = Arc::new(StaticFleet::start(backends.clone(), POLL, None));
     let server = OpsServer::start(fleet.clone()).await;
 
     let (status, body) = server.json("/readyz").await;
@@ -201,7 +201,7 @@ async fn ops_endpoints_describe_a_static_fleet() {
 
 #[tokio::test]
 async fn metrics_name_every_family_after_calls() {
-    let fleet = Arc::new(StaticFleet::start(Vec::new(), POLL));
+    let fleet = Arc::new(StaticFleet::start(Vec::new(), POLL, None));
     let server = OpsServer::start(fleet.clone()).await;
     let metrics = Metrics::new();
     metrics.request_finished("chat", "llama3.2:3b", 200, Duration::from_millis(1500));
@@ -232,7 +232,7 @@ async fn a_static_backend_that_stops_answering_is_taken_out_and_put_back() {
     let node = SimNode::with_models(&["llama3.2:3b"]).await;
     let backend = static_backend(node.addr());
     let id = backend.id().as_str().to_owned();
-    let fleet = StaticFleet::start(vec![backend], POLL);
+    let fleet = StaticFleet::start(vec![backend], POLL, None);
     fleet.ready().await;
     let state = |fleet: &StaticFleet| {
         let set = fleet.backends();

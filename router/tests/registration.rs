@@ -54,7 +54,7 @@ async fn the_router_registers_stays_registered_and_leaves() {
     let ops_addr = ops_listener.local_addr().unwrap();
     let main_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let main_addr = main_listener.local_addr().unwrap();
-    let fleet = Arc::new(StaticFleet::start(Vec::new(), PollConfig::default()));
+    let fleet = Arc::new(StaticFleet::start(Vec::new(), PollConfig::default(), None));
     let ops_server = tokio::spawn(ops::serve(
         ops_listener,
         fleet,

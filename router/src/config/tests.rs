@@ -211,7 +211,7 @@ fn invalid_values_name_their_flag() {
             "--ops-listen: must differ",
         ),
         (&["--service-name=no spaces"], "--service-name: "),
-        (&["--backend=https://gpu:11434"], "--backend: "),
+        (&["--backend=ftp://gpu:11434"], "--backend: "),
         (&["--backend=http://gpu:11434/api"], "--backend: "),
         (
             &["--backend=http://gpu:1", "--backend=http://gpu:1/"],
@@ -382,4 +382,91 @@ fn tls_needs_a_certificate_and_its_key() {
     assert!(error(&["--listen=127.0.0.1:1", "--tls-cert=/c.pem"]).starts_with("--tls-key: "));
     assert!(error(&["--listen=127.0.0.1:1", "--tls-key=/k.pem"]).starts_with("--tls-cert: "));
     assert!(error(&["--listen=127.0.0.1:1", "--tls-client-ca=/ca.pem"]).starts_with("--tls-cert: "));
+}
+
+/// A PEM CA certificate made for the test, in a file.
+/// A listener that needs no key source.
+const LOOPBACK: &str = "--listen=127.0.0.1:1";
+
+fn ca_file(name: &str) -> PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    temp_file(name, &params.self_signed(&key).unwrap().pem())
+}
+
+#[test]
+fn backend_tls_is_off_by_default_and_on_with_the_flag_or_https_backends() {
+    let ca = ca_file("backend-ca");
+    let ca_flag = format!("--backend-ca={}", ca.display());
+
+    let plain = config(&[LOOPBACK]).unwrap();
+    assert!(plain.backend_tls.is_none());
+    assert!(plain.summary().contains("TLS to the nodes off"));
+
+    let discovered = config(&[LOOPBACK, "--backend-tls", &ca_flag]).unwrap();
+    assert_eq!(
+        discovered.backend_tls.as_ref().and_then(|t| t.ca_file()),
+        Some(ca.as_path())
+    );
+    assert!(discovered
+        .summary()
+        .contains(&format!("TLS to the nodes on, trusting {}", ca.display())));
+    assert!(config(&[LOOPBACK, "--backend-tls=false", &ca_flag]).is_err());
+
+    let static_https = config(&[
+        LOOPBACK,
+        "--backend=https://10.0.0.5:11434",
+        "--backend=https://gpu-2",
+        &ca_flag,
+    ])
+    .unwrap();
+    assert!(static_https.backend_tls.is_some());
+
+    let from_file = temp_file(
+        "backend-tls",
+        &format!(
+            "backend-tls = true\nbackend-ca = {:?}\n",
+            ca.display().to_string()
+        ),
+    );
+    let from_file = config(&[LOOPBACK, &format!("--config={}", from_file.display())]).unwrap();
+    assert_eq!(
+        from_file.backend_tls.as_ref().and_then(|t| t.ca_file()),
+        Some(ca.as_path())
+    );
+}
+
+#[test]
+fn backend_tls_contradictions_and_unusable_cas_name_their_flag() {
+    let ca = ca_file("backend-ca-errors");
+    let ca_flag = format!("--backend-ca={}", ca.display());
+    assert!(error(&[
+        LOOPBACK,
+        "--backend=http://10.0.0.5:11434",
+        "--backend=https://10.0.0.6:11434",
+        &ca_flag,
+    ])
+    .starts_with("--backend: "));
+    assert!(error(&[
+        LOOPBACK,
+        "--backend=http://10.0.0.5:11434",
+        "--backend-tls",
+        &ca_flag
+    ])
+    .starts_with("--backend-tls: "));
+    assert!(error(&[LOOPBACK, &ca_flag]).starts_with("--backend-ca: "));
+    assert!(error(&[
+        LOOPBACK,
+        "--backend-tls",
+        "--backend-ca=/nonexistent/ca.pem"
+    ])
+    .starts_with("--backend-ca /nonexistent/ca.pem: "));
+    let empty = temp_file("backend-ca-empty", "not a certificate\n");
+    assert!(error(&[
+        LOOPBACK,
+        "--backend-tls",
+        &format!("--backend-ca={}", empty.display())
+    ])
+    .starts_with(&format!("--backend-ca {}: ", empty.display())));
 }

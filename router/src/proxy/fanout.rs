@@ -7,9 +7,11 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
+use crate::backend_tls::{self, BackendTls};
 use crate::Backend;
 
 /// Largest answer read from one node.
@@ -18,17 +20,21 @@ const MAX_ANSWER: usize = 16 << 20;
 /// A pooled client for requests to every node.
 #[derive(Clone)]
 pub struct FanOut {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `https` with TLS to the nodes: the same nodes Pingora reaches over TLS.
+    scheme: &'static str,
 }
 
 /// One node's answer, or why there is none.
 pub type NodeAnswer = Result<(StatusCode, Bytes), String>;
 
 impl FanOut {
-    /// A client with its own connection pool.
-    pub fn new() -> Self {
+    /// A client with its own connection pool, over HTTPS with `tls`.
+    pub fn new(tls: Option<&BackendTls>) -> Self {
         Self {
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Client::builder(TokioExecutor::new())
+                .build(backend_tls::connector(tls, HttpConnector::new())),
+            scheme: backend_tls::scheme(tls),
         }
     }
 
@@ -60,7 +66,7 @@ impl FanOut {
     ) -> NodeAnswer {
         let request = Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", node.address()))
+            .uri(format!("{}://{}{path}", self.scheme, node.address()))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;

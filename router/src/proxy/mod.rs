@@ -44,6 +44,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::backend_tls::{self, BackendTls};
 use crate::keys::{KeyStore, API_KEY_HEADER};
 use crate::metrics::Metrics;
 use crate::select::{self, SelectError};
@@ -74,7 +75,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const JSON: &str = "application/json; charset=utf-8";
 
 /// How requests are proxied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ProxySettings {
     /// Longest wait for a TCP connection to a backend.
     pub connect_timeout: Duration,
@@ -93,6 +94,9 @@ pub struct ProxySettings {
     pub max_header_size: usize,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// TLS to the nodes (the trust for the router's own clients; Pingora's comes from
+    /// [`crate::server::ServeOptions::backend_ca`]); `None` speaks plain HTTP to them.
+    pub backend_tls: Option<BackendTls>,
 }
 
 /// Ollama's API for the whole fleet.
@@ -149,7 +153,7 @@ impl RequestContext {
 impl MeshProxy {
     /// A proxy over `fleet`, counting its requests in `active` (for draining at shutdown).
     pub fn new(fleet: Arc<dyn Fleet>, settings: ProxySettings, active: ActiveRequests) -> Self {
-        let fanout = FanOut::new();
+        let fanout = FanOut::new(settings.backend_tls.as_ref());
         // Views and lookups are small reads; a node that cannot answer them quickly is left out.
         let node_read_timeout = settings.connect_timeout.max(Duration::from_secs(5));
         Self {
@@ -598,7 +602,15 @@ impl ProxyHttp for MeshProxy {
         };
         let backend = guard.backend();
         ctx.tried.push(backend.id().clone());
-        let mut peer = HttpPeer::new(backend.address(), false, String::new());
+        let tls = self.settings.backend_tls.is_some();
+        // With TLS the node's host is the name its certificate is verified against (an IP
+        // matches an IP SAN); Pingora skips verification altogether on an empty SNI.
+        let sni = if tls {
+            backend_tls::server_name(backend.address()).to_owned()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(backend.address(), tls, sni);
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
         peer.options.read_timeout = Some(self.settings.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));

@@ -6,11 +6,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+use crate::backend_tls::{self, BackendTls};
 
 /// Largest answer accepted; a node with thousands of models stays far below it.
 const MAX_BODY: usize = 8 << 20;
@@ -58,17 +61,19 @@ struct Model {
 /// A pooled HTTP/1.1 client whose reads give up after a time limit.
 #[derive(Clone)]
 pub(super) struct Probe {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     timeout: Duration,
 }
 
 impl Probe {
-    pub(super) fn new(timeout: Duration) -> Self {
+    /// A client that reaches https:// backends with `tls`'s trust.
+    pub(super) fn new(timeout: Duration, tls: Option<&BackendTls>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
         Self {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: Client::builder(TokioExecutor::new())
+                .build(backend_tls::connector(tls, connector)),
             timeout,
         }
     }

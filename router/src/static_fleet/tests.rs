@@ -29,9 +29,13 @@ fn urls_are_validated_and_named_after_host_and_port() {
         StaticBackend::parse("http://gpu-1").unwrap().id().as_str(),
         "static-gpu-1-80"
     );
+    let behind_nginx = StaticBackend::parse("https://gpu-1").unwrap();
+    assert!(behind_nginx.tls());
+    assert_eq!(behind_nginx.id().as_str(), "static-gpu-1-443");
+    assert!(!backend.tls());
     for bad in [
         "gpu-1:11434",
-        "https://gpu-1:11434",
+        "ftp://gpu-1:11434",
         "http://gpu-1:11434/api",
         "http://gpu-1:11434/?x=1",
         "http://:11434",

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
 use ollama_mesh_router::tls::ServerTls;
 use ollama_mesh_router::{BackendSet, Fleet};
 use ollama_mesh_test_support::{free_port, ConsulDev, SimNode};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 /// A fixed fleet: the backend set the proxy sees, built the way discovery builds it.
@@ -93,6 +96,7 @@ pub fn settings() -> ProxySettings {
         client_timeout: Duration::from_secs(60),
         max_header_size: 64 << 10,
         max_connections: 1_000,
+        backend_tls: None,
     }
 }
 
@@ -133,17 +137,36 @@ impl Router {
     ) -> Self {
         let set = BackendSet::build(&entries, &[], &BackendSet::default());
         let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
-        Self::serving(|active| MeshProxy::new(fleet, settings, active), Some(tls)).await
+        Self::serving(
+            |active| MeshProxy::new(fleet, settings, active),
+            Some(tls),
+            None,
+        )
+        .await
+    }
+
+    /// A router over `entries` reaching them with `settings.backend_tls`, Pingora trusting the
+    /// same CA bundle as the router's own clients (as `main` sets it up).
+    pub async fn with_backend_tls(entries: Vec<ServiceEntry>, settings: ProxySettings) -> Self {
+        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
+        let ca = settings
+            .backend_tls
+            .as_ref()
+            .and_then(|tls| tls.ca_file())
+            .map(PathBuf::from);
+        Self::serving(|active| MeshProxy::new(fleet, settings, active), None, ca).await
     }
 
     /// A router serving the proxy `build` makes, given the request counter it must use.
     pub async fn with_proxy(build: impl FnOnce(ActiveRequests) -> MeshProxy) -> Self {
-        Self::serving(build, None).await
+        Self::serving(build, None, None).await
     }
 
     async fn serving(
         build: impl FnOnce(ActiveRequests) -> MeshProxy,
         tls: Option<Arc<ServerTls>>,
+        backend_ca: Option<PathBuf>,
     ) -> Self {
         let active = ActiveRequests::default();
         let proxy = build(active.clone());
@@ -154,6 +177,7 @@ impl Router {
             threads: 2,
             grace_period: Duration::from_secs(10),
             max_attempts: 3,
+            backend_ca,
         };
         let shutdown = Shutdown::default();
         let trigger = shutdown.clone();
@@ -333,5 +357,78 @@ pub fn sidecar_registration(id: &str, addr: SocketAddr, models: &[&str]) -> Serv
             deregister_critical_after: None,
         }],
         connect: None,
+    }
+}
+
+/// A certificate authority made for one test.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert: CertificateDer<'static>,
+    pub pem: String,
+}
+
+/// A certificate and its key, in PEM and DER.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses).
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert: cert.der().clone(),
+            key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        }
+    }
+}
+
+/// A directory for one test's files, removed at the end.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("om-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        // Written whole, then renamed, as certificate tools do.
+        let partial = self.0.join(format!("{name}.partial"));
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
