@@ -57,6 +57,13 @@ impl BackendSet {
         &self.backends
     }
 
+    /// The instances that take new work (see [`crate::backend::Backend::state`]).
+    pub fn accepting(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends
+            .iter()
+            .filter(|b| b.state().accepts_new_work())
+    }
+
     /// The instance with this ID (the first, should two nodes register the same ID).
     pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
         self.backends.iter().find(|b| &**b.id() == id)

@@ -61,11 +61,7 @@ pub fn choose(
     exclude: &[Arc<str>],
     rng: &mut fastrand::Rng,
 ) -> Result<InFlightGuard, SelectError> {
-    let accepting: Vec<&Arc<Backend>> = set
-        .backends()
-        .iter()
-        .filter(|b| b.state().accepts_new_work())
-        .collect();
+    let accepting: Vec<&Arc<Backend>> = set.accepting().collect();
     if accepting.is_empty() {
         return Err(SelectError::NoneAvailable);
     }

@@ -57,11 +57,7 @@ impl Lookup {
         if self.recently_missed(&wanted) {
             return Vec::new();
         }
-        let nodes: Vec<&Arc<Backend>> = set
-            .backends()
-            .iter()
-            .filter(|b| b.state().accepts_new_work())
-            .collect();
+        let nodes: Vec<&Arc<Backend>> = set.accepting().collect();
         let answers = self
             .fanout
             .send_all(

@@ -433,9 +433,7 @@ impl MeshProxy {
         let set = self.fleet.backends();
         let existing = broadcast::existing_model(management, &body);
         let mut nodes: Vec<Arc<Backend>> = set
-            .backends()
-            .iter()
-            .filter(|b| b.state().accepts_new_work())
+            .accepting()
             .filter(|b| existing.as_deref().is_none_or(|model| b.has_model(model)))
             .cloned()
             .collect();

@@ -53,11 +53,7 @@ impl Views {
             View::Ps => "/api/ps",
             View::OpenAiModels => "/v1/models",
         };
-        let nodes: Vec<&std::sync::Arc<Backend>> = set
-            .backends()
-            .iter()
-            .filter(|b| b.state().accepts_new_work())
-            .collect();
+        let nodes: Vec<&std::sync::Arc<Backend>> = set.accepting().collect();
         let answers = self
             .fanout
             .send_all(&nodes, &Method::GET, path, &Bytes::new(), self.timeout)
@@ -172,9 +168,7 @@ fn sort_desc_by(items: &mut [Value], key: &str) {
 /// The fleet's version for `/api/version`: the oldest Ollama among the nodes that take work,
 /// since a client may only rely on features every node has.
 pub fn fleet_version(set: &BackendSet) -> Option<String> {
-    set.backends()
-        .iter()
-        .filter(|b| b.state().accepts_new_work())
+    set.accepting()
         .filter_map(|b| b.meta().ok()?.ollama_version.clone())
         .min_by_key(|version| version_key(version))
 }
