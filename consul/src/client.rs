@@ -159,6 +159,22 @@ impl Client {
             .map(drop)
     }
 
+    /// POSTs `body` as JSON and decodes the JSON answer.
+    pub(crate) async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, Error> {
+        let body = serde_json::to_vec(body).map_err(|source| Error::Decode {
+            path: path.to_owned(),
+            source,
+        })?;
+        let answer = self
+            .send_expecting_success(Method::POST, path, Bytes::from(body))
+            .await?;
+        decode(path, &answer.body)
+    }
+
     /// PUTs nothing.
     pub(crate) async fn put_empty(&self, path: &str) -> Result<(), Error> {
         self.send_expecting_success(Method::PUT, path, Bytes::new())

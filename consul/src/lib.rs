@@ -11,12 +11,14 @@
 //! * [`config`]: Consul's environment conventions (`CONSUL_HTTP_ADDR`, …) parsed and validated.
 //! * [`Client`]: the HTTP client (`client`, over TCP, TLS or a Unix socket via `transport`),
 //!   with one module per API area: [`agent`] (register, deregister, maintenance, TTL updates),
-//!   [`health`] (instances with checks), [`catalog`] (services and tags) and [`kv`].
+//!   [`health`] (instances with checks), [`catalog`] (services and tags), [`kv`] and
+//!   [`connect`] (the service mesh: CA roots, leaf certificates, authorization, intentions).
 //! * [`watch`]: blocking-query watches that publish snapshots, by Consul's rules.
 
 pub mod agent;
 pub mod catalog;
 pub mod config;
+pub mod connect;
 pub mod contract;
 pub mod health;
 pub mod kv;

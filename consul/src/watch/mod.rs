@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::client::{Client, Consistency, QueryOptions, QueryResponse};
+use crate::connect::{CaRoots, Intention, LeafCert};
 use crate::health::ServiceEntry;
 use crate::kv::KvPair;
 use crate::Error;
@@ -139,6 +140,52 @@ impl Watch<Vec<KvPair>> {
             let prefix = prefix.clone();
             async move { client.kv_list(&prefix, &options).await }
         })
+    }
+}
+
+impl Watch<CaRoots> {
+    /// Follows the mesh's CA roots (a rotation adds a root and changes the active one).
+    pub fn connect_roots(client: Client, config: WatchConfig) -> Self {
+        Self::spawn("connect/ca/roots", config, move |options| {
+            let client = client.clone();
+            async move { client.connect_ca_roots(&options).await }
+        })
+    }
+}
+
+impl Watch<LeafCert> {
+    /// Follows `service`'s leaf certificate through renewals and CA rotations.
+    pub fn connect_leaf(client: Client, service: impl Into<String>, config: WatchConfig) -> Self {
+        let service = service.into();
+        Self::spawn(
+            format!("connect/ca/leaf/{service}"),
+            config,
+            move |options| {
+                let client = client.clone();
+                let service = service.clone();
+                async move { client.connect_ca_leaf(&service, &options).await }
+            },
+        )
+    }
+}
+
+impl Watch<Vec<Intention>> {
+    /// Follows the intentions that decide who may reach `destination`.
+    pub fn intentions(client: Client, destination: impl Into<String>, config: WatchConfig) -> Self {
+        let destination = destination.into();
+        Self::spawn(
+            format!("connect/intentions/{destination}"),
+            config,
+            move |options| {
+                let client = client.clone();
+                let destination = destination.clone();
+                async move {
+                    client
+                        .intentions_for_destination(&destination, &options)
+                        .await
+                }
+            },
+        )
     }
 }
 

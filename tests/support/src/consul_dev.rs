@@ -108,6 +108,37 @@ impl ConsulDev {
         format!("http://{}", self.http_addr())
     }
 
+    /// PUTs `body` to the agent's HTTP API and panics unless it answers 200.
+    pub async fn put(&self, path: &str, body: &str) -> String {
+        match http::put(self.http_addr(), path, body).await {
+            Some((200, answer)) => answer,
+            other => panic!("PUT {path} {body}: {other:?}"),
+        }
+    }
+
+    /// Replaces the intentions for `destination` with `sources`, each `(service, "allow" |
+    /// "deny")`, as an operator does in the UI's Intentions page.
+    pub async fn set_intentions(&self, destination: &str, sources: &[(&str, &str)]) {
+        let sources: Vec<String> = sources
+            .iter()
+            .map(|(name, action)| format!(r#"{{"Name":"{name}","Action":"{action}"}}"#))
+            .collect();
+        let entry = format!(
+            r#"{{"Kind":"service-intentions","Name":"{destination}","Sources":[{}]}}"#,
+            sources.join(",")
+        );
+        self.put("/v1/config", &entry).await;
+    }
+
+    /// Rotates the Connect CA to a new root signed by `private_key_pem` (an EC P-256 key).
+    pub async fn rotate_ca(&self, private_key_pem: &str) {
+        let key = private_key_pem.replace('\n', "\\n");
+        let config = format!(
+            r#"{{"Provider":"consul","Config":{{"PrivateKey":"{key}","LeafCertTTL":"72h"}}}}"#
+        );
+        self.put("/v1/connect/ca/configuration", &config).await;
+    }
+
     /// Kills the agent abruptly, as a crash or a preempted node would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

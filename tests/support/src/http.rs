@@ -7,9 +7,22 @@ use tokio::net::TcpStream;
 /// GETs `path` from `addr` over a fresh connection and returns status and body, or `None` when
 /// the server does not answer within two seconds.
 pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    send(addr, "GET", path, "").await
+}
+
+/// PUTs `body` to `path` on `addr`, like [`get`].
+pub async fn put(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    send(addr, "PUT", path, body).await
+}
+
+async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
