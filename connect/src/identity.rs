@@ -32,7 +32,9 @@ pub struct Identity {
     serial: String,
     expires_at: SystemTime,
     trust_domain: String,
-    roots: usize,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Vec<CertificateDer<'static>>,
     pub(crate) certified_key: Arc<CertifiedKey>,
     pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
     pub(crate) server_verifier: Arc<WebPkiServerVerifier>,
@@ -44,7 +46,7 @@ impl std::fmt::Debug for Identity {
             .field("service", &self.service.uri())
             .field("serial", &self.serial)
             .field("expires_at", &self.expires_at)
-            .field("roots", &self.roots)
+            .field("roots", &self.roots.len())
             .finish_non_exhaustive()
     }
 }
@@ -74,16 +76,18 @@ impl Identity {
         let provider = provider();
         let signing_key = provider
             .key_provider
-            .load_private_key(key)
+            .load_private_key(key.clone_key())
             .map_err(|e| CertificateError::Rustls(e.to_string()))?;
 
         let mut store = RootCertStore::empty();
+        let mut root_certificates = Vec::new();
         for root in &roots.roots {
             for certificate in CertificateDer::pem_slice_iter(root.root_cert.as_bytes()) {
                 let certificate = certificate.map_err(|e| pem_error("a CA root", e))?;
                 store
-                    .add(certificate)
+                    .add(certificate.clone())
                     .map_err(|e| CertificateError::Rustls(e.to_string()))?;
+                root_certificates.push(certificate);
             }
         }
         if store.is_empty() {
@@ -105,8 +109,10 @@ impl Identity {
             serial: facts.serial,
             expires_at: facts.not_after,
             trust_domain: roots.trust_domain.clone(),
-            roots: store.len(),
-            certified_key: Arc::new(CertifiedKey::new(chain, signing_key)),
+            roots: root_certificates,
+            certified_key: Arc::new(CertifiedKey::new(chain.clone(), signing_key)),
+            chain,
+            key,
             client_verifier,
             server_verifier,
         })
@@ -134,7 +140,22 @@ impl Identity {
 
     /// How many roots are trusted (two during a CA rotation).
     pub fn root_count(&self) -> usize {
-        self.roots
+        self.roots.len()
+    }
+
+    /// The leaf and any intermediates, for TLS stacks configured with DER (Pingora's).
+    pub fn certificate_chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The leaf's private key, for TLS stacks configured with DER.
+    pub fn private_key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    /// Every trusted root, for TLS stacks configured with DER.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
     }
 }
 

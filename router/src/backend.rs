@@ -35,6 +35,46 @@ impl InFlight {
     }
 }
 
+/// Whether this router speaks Consul Connect, and to which nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshPolicy {
+    /// The router runs with `--mesh`.
+    pub mesh: bool,
+    /// With the mesh, nodes registered without Connect are still reached over plain HTTP.
+    pub allow_plain: bool,
+}
+
+impl MeshPolicy {
+    /// How an instance registered with (`connect_native`) or without Connect is reached.
+    /// A Connect-native node listens for mTLS only, so plain HTTP to it cannot work; a plain
+    /// node is reached from the mesh only when the operator allows it (a migration).
+    pub fn reach(self, connect_native: bool) -> Reach {
+        match (self.mesh, connect_native) {
+            (true, true) => Reach::Mesh,
+            (false, false) => Reach::Direct,
+            (false, true) => Reach::Skipped(
+                "the node is in the service mesh (Connect-native); start the router with --mesh",
+            ),
+            (true, false) if self.allow_plain => Reach::Direct,
+            (true, false) => Reach::Skipped(
+                "the node is registered without Connect; --mesh-allow-plain reaches it over plain \
+                 HTTP",
+            ),
+        }
+    }
+}
+
+/// How the router reaches one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// HTTP, or HTTPS with `--backend-tls`.
+    Direct,
+    /// Consul Connect mutual TLS.
+    Mesh,
+    /// Not at all, for the reason given; the instance gets no work.
+    Skipped(&'static str),
+}
+
 /// An immutable view of one service instance, built from its health entry.
 #[derive(Debug)]
 pub struct Backend {
@@ -42,6 +82,7 @@ pub struct Backend {
     node: String,
     address: String,
     state: RoutingState,
+    reach: Reach,
     meta: Result<NodeMeta, MetaError>,
     in_flight: InFlight,
 }
@@ -49,7 +90,7 @@ pub struct Backend {
 impl Backend {
     /// Reads one health entry. `drain_reason` is the value of the instance's drain key, if it
     /// has one; `in_flight` is the counter of the same instance in the previous set (or a new
-    /// one).
+    /// one); `mesh` decides how it is reached.
     ///
     /// Meta that does not parse (an Ollama registered by hand or by another tool under the
     /// same service name, or a newer schema) does not drop the instance: it is kept with the
@@ -59,6 +100,7 @@ impl Backend {
         entry: &ServiceEntry,
         drain_reason: Option<&str>,
         in_flight: InFlight,
+        mesh: MeshPolicy,
     ) -> Self {
         let service = &entry.service;
         Self {
@@ -66,6 +108,7 @@ impl Backend {
             node: entry.node.node.clone(),
             address: socket_address(entry.address(), service.port),
             state: routing_state(&entry.checks, service.weights, drain_reason),
+            reach: mesh.reach(service.connect.native),
             meta: NodeMeta::from_consul_meta(&service.meta),
             in_flight,
         }
@@ -89,6 +132,26 @@ impl Backend {
     /// Whether and how much the instance takes new work, by the contract's rules.
     pub fn state(&self) -> &RoutingState {
         &self.state
+    }
+
+    /// How the router reaches the instance.
+    pub fn reach(&self) -> Reach {
+        self.reach
+    }
+
+    /// The `Host` header for requests to the instance. Through the mesh, Ollama listens on
+    /// loopback and refuses foreign hosts, so it is told `localhost`; directly, its own address.
+    pub fn host_header(&self) -> &str {
+        match self.reach {
+            Reach::Mesh => "localhost",
+            Reach::Direct | Reach::Skipped(_) => &self.address,
+        }
+    }
+
+    /// Whether the instance takes new work: by its routing state, and only if this router can
+    /// reach it at all.
+    pub fn accepts_new_work(&self) -> bool {
+        self.state.accepts_new_work() && !matches!(self.reach, Reach::Skipped(_))
     }
 
     /// What the node says about itself, or why its Meta could not be read.

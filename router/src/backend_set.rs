@@ -9,7 +9,7 @@ use ollama_mesh_consul::contract::kv as layout;
 use ollama_mesh_consul::health::ServiceEntry;
 use ollama_mesh_consul::kv::KvPair;
 
-use crate::backend::{Backend, InFlight};
+use crate::backend::{Backend, InFlight, MeshPolicy};
 
 /// Every known instance, sorted by instance ID then node.
 #[derive(Debug, Default)]
@@ -19,12 +19,17 @@ pub struct BackendSet {
 
 impl BackendSet {
     /// Builds the set for `entries` (a `/v1/health/service/<name>` result) and `drain_keys` (the
-    /// keys under [`layout::DRAIN_PREFIX`]).
+    /// keys under [`layout::DRAIN_PREFIX`]); `mesh` decides how each instance is reached.
     ///
     /// An instance that was in `previous` keeps its in-flight counter, so requests running
     /// across the change are still counted. Instances are told apart by node and ID, since
     /// Consul only makes IDs unique per agent.
-    pub fn build(entries: &[ServiceEntry], drain_keys: &[KvPair], previous: &BackendSet) -> Self {
+    pub fn build(
+        entries: &[ServiceEntry],
+        drain_keys: &[KvPair],
+        previous: &BackendSet,
+        mesh: MeshPolicy,
+    ) -> Self {
         let drains: HashMap<String, &str> = drain_keys
             .iter()
             .filter_map(|pair| {
@@ -45,7 +50,7 @@ impl BackendSet {
                     .get(&(entry.node.node.as_str(), id))
                     .map_or_else(InFlight::default, |counter| (*counter).clone());
                 let drain_reason = drains.get(id).copied();
-                Arc::new(Backend::from_entry(entry, drain_reason, in_flight))
+                Arc::new(Backend::from_entry(entry, drain_reason, in_flight, mesh))
             })
             .collect();
         backends.sort_by(|a, b| (a.id(), a.node()).cmp(&(b.id(), b.node())));
@@ -59,9 +64,7 @@ impl BackendSet {
 
     /// The instances that take new work (see [`crate::backend::Backend::state`]).
     pub fn accepting(&self) -> impl Iterator<Item = &Arc<Backend>> {
-        self.backends
-            .iter()
-            .filter(|b| b.state().accepts_new_work())
+        self.backends.iter().filter(|b| b.accepts_new_work())
     }
 
     /// The instance with this ID (the first, should two nodes register the same ID).

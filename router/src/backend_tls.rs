@@ -72,19 +72,24 @@ pub fn server_name(address: &str) -> &str {
 
 /// A connector for the router's own clients: TLS with `tls`'s trust when it is given; plain
 /// HTTP always works too, so the same client type serves fleets with and without TLS.
-pub fn connector(
-    tls: Option<&BackendTls>,
+pub fn connector(tls: Option<&BackendTls>, http: HttpConnector) -> HttpsConnector<HttpConnector> {
+    // Without TLS no https:// URL is ever built; an empty trust store keeps it that way.
+    let config = tls.map_or_else(
+        || Arc::new(client_config(RootCertStore::empty())),
+        |tls| tls.client.clone(),
+    );
+    connector_with(config, http)
+}
+
+/// A connector for the router's own clients with any rustls configuration (the mesh's).
+pub fn connector_with(
+    config: Arc<ClientConfig>,
     mut http: HttpConnector,
 ) -> HttpsConnector<HttpConnector> {
     // The HTTPS layer hands `https://` URIs to the TCP connector, which refuses them by default.
     http.enforce_http(false);
-    // Without TLS no https:// URL is ever built; an empty trust store keeps it that way.
-    let config = tls.map_or_else(
-        || client_config(RootCertStore::empty()),
-        |tls| ClientConfig::clone(&tls.client),
-    );
     HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config(ClientConfig::clone(&config))
         .https_or_http()
         .enable_http1()
         .wrap_connector(http)

@@ -164,6 +164,21 @@ pub struct Settings {
     #[arg(long, env = "OLLAMA_MESH_BACKEND_CA")]
     pub backend_ca: Option<PathBuf>,
 
+    /// Reach the nodes through Consul Connect (service mesh): mutual TLS with this router's
+    /// Connect certificate, to nodes whose sidecars run with --mesh. [default: false]
+    #[arg(long, env = "OLLAMA_MESH_MESH", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub mesh: Option<bool>,
+
+    /// The router's own service name in the mesh: the identity Consul's intentions allow or
+    /// deny. [default: ollama-mesh-router]
+    #[arg(long, env = "OLLAMA_MESH_MESH_SERVICE")]
+    pub mesh_service: Option<String>,
+
+    /// With --mesh, still reach nodes registered without Connect, over plain HTTP (for a
+    /// fleet migrating to the mesh). [default: false]
+    #[arg(long, env = "OLLAMA_MESH_MESH_ALLOW_PLAIN", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub mesh_allow_plain: Option<bool>,
+
     /// Log format. [default: text]
     #[arg(long, env = "OLLAMA_MESH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -286,6 +301,17 @@ pub struct RouterConfig {
     pub tls: Option<TlsFiles>,
     /// TLS to the nodes, with the certificates it trusts; `None` speaks plain HTTP to them.
     pub backend_tls: Option<BackendTls>,
+    /// Consul Connect to the nodes; `None` outside the service mesh.
+    pub mesh: Option<MeshSettings>,
+}
+
+/// How the router takes part in the service mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// The router's own Connect service name.
+    pub service: String,
+    /// Nodes registered without Connect are reached over plain HTTP.
+    pub allow_plain: bool,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:11434";
@@ -340,6 +366,9 @@ impl Settings {
             tls_client_ca: overrides.tls_client_ca.or(self.tls_client_ca),
             backend_tls: overrides.backend_tls.or(self.backend_tls),
             backend_ca: overrides.backend_ca.or(self.backend_ca),
+            mesh: overrides.mesh.or(self.mesh),
+            mesh_service: overrides.mesh_service.or(self.mesh_service),
+            mesh_allow_plain: overrides.mesh_allow_plain.or(self.mesh_allow_plain),
         }
     }
 
@@ -368,6 +397,8 @@ impl RouterConfig {
 
     /// Validates merged settings, filling in defaults.
     pub fn validate(settings: Settings, consul_env: ConsulSettings) -> Result<Self, ConfigError> {
+        let backends_are_static = !settings.backends.is_empty();
+        let mesh = mesh(&settings, backends_are_static)?;
         let consul = consul_env
             .overridden_by(ConsulSettings {
                 http_addr: settings.consul_addr.clone(),
@@ -390,11 +421,7 @@ impl RouterConfig {
         let service_name = settings
             .service_name
             .unwrap_or_else(|| contract::DEFAULT_SERVICE_NAME.to_owned());
-        if service_name.is_empty()
-            || !service_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+        if !is_dns_label(&service_name) {
             return Err(invalid(
                 "service-name",
                 format!("{service_name:?}: must be letters, digits and '-' (a valid DNS label)"),
@@ -506,6 +533,7 @@ impl RouterConfig {
             keys,
             tls,
             backend_tls,
+            mesh,
         })
     }
 
@@ -521,7 +549,7 @@ impl RouterConfig {
         format!(
             "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \
              retries {}; threads {}; grace period {}; max body {} bytes; max header {} bytes; \
-             client timeout {}; max connections {}; TLS {}; TLS to the nodes {}; \
+             client timeout {}; max connections {}; TLS {}; TLS to the nodes {}; mesh {}; \
              management {}; self-registration {}; log format {:?}; API keys {}",
             self.listen,
             self.ops_listen,
@@ -558,6 +586,18 @@ impl RouterConfig {
                     Some(ca) => format!("on, trusting {}", ca.display()),
                     None => "on, trusting the system's roots".to_owned(),
                 },
+            },
+            match &self.mesh {
+                None => "off".to_owned(),
+                Some(mesh) => format!(
+                    "on, as service {:?}{}",
+                    mesh.service,
+                    if mesh.allow_plain {
+                        ", plain HTTP to nodes without Connect"
+                    } else {
+                        ""
+                    }
+                ),
             },
             on_off(self.enable_management),
             on_off(self.register),
@@ -612,6 +652,52 @@ fn backend_tls(
         }
     }
     Ok(Some(BackendTls::load(ca_file)?))
+}
+
+/// The mesh needs Consul (the router's certificate and the nodes' Connect registrations come
+/// from there) and replaces `--backend-tls`, whose certificates it would contradict.
+fn mesh(
+    settings: &Settings,
+    backends_are_static: bool,
+) -> Result<Option<MeshSettings>, ConfigError> {
+    if !settings.mesh.unwrap_or(false) {
+        return match (&settings.mesh_service, settings.mesh_allow_plain) {
+            (Some(_), _) => Err(invalid("mesh-service", "needs --mesh")),
+            (None, Some(true)) => Err(invalid("mesh-allow-plain", "needs --mesh")),
+            _ => Ok(None),
+        };
+    }
+    if backends_are_static {
+        return Err(invalid(
+            "mesh",
+            "needs nodes discovered in Consul, not --backend URLs",
+        ));
+    }
+    if settings.backend_tls.unwrap_or(false) || settings.backend_ca.is_some() {
+        return Err(invalid(
+            "mesh",
+            "replaces --backend-tls: mesh nodes present Consul Connect certificates",
+        ));
+    }
+    let service = settings
+        .mesh_service
+        .clone()
+        .unwrap_or_else(|| contract::ROUTER_SERVICE_NAME.to_owned());
+    if !is_dns_label(&service) {
+        return Err(invalid(
+            "mesh-service",
+            format!("{service:?}: must be letters, digits and '-' (a valid DNS label)"),
+        ));
+    }
+    Ok(Some(MeshSettings {
+        service,
+        allow_plain: settings.mesh_allow_plain.unwrap_or(false),
+    }))
+}
+
+/// Consul service names ollama-mesh accepts: letters, digits and '-'.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 /// Secure by default: a router whose listeners are reachable from other machines requires keys

@@ -19,12 +19,14 @@ use ollama_mesh_consul::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, MeshPolicy};
 use crate::backend_set::BackendSet;
+use crate::mesh::MeshClient;
 
 /// The live backend set of one service. Dropping it stops the watches.
 pub struct Discovery {
     current: Arc<ArcSwap<BackendSet>>,
+    mesh: Option<Arc<MeshClient>>,
     generation: watch::Receiver<u64>,
     health_status: Arc<WatchStatus>,
     drain_status: Arc<WatchStatus>,
@@ -40,18 +42,27 @@ impl Drop for Discovery {
 impl Discovery {
     /// Starts following the instances of `service` and the drain keys. The set is empty until
     /// both watches have answered once (see [`Discovery::ready`]): routing on health alone
-    /// could send work to an instance an operator has drained.
-    pub fn start(client: Client, service: impl Into<String>, config: WatchConfig) -> Self {
+    /// could send work to an instance an operator has drained. With `mesh`, Connect-native
+    /// instances are reached through the service mesh, and readiness also waits for the
+    /// router's certificate.
+    pub fn start(
+        client: Client,
+        service: impl Into<String>,
+        config: WatchConfig,
+        mesh: Option<Arc<MeshClient>>,
+    ) -> Self {
         let health = Watch::health_service(client.clone(), service, config.clone());
         let drains = Watch::kv_prefix(client, layout::DRAIN_PREFIX, config);
         let current = Arc::new(ArcSwap::from_pointee(BackendSet::default()));
         let (generation_tx, generation) = watch::channel(0);
+        let policy = mesh.as_ref().map(|m| m.policy()).unwrap_or_default();
         Self {
             current: current.clone(),
+            mesh,
             generation,
             health_status: health.status(),
             drain_status: drains.status(),
-            task: tokio::spawn(follow(health, drains, current, generation_tx)),
+            task: tokio::spawn(follow(health, drains, current, generation_tx, policy)),
         }
     }
 
@@ -60,17 +71,27 @@ impl Discovery {
         self.current.load_full()
     }
 
-    /// Whether the first set from Consul has been published.
+    /// Whether the first set from Consul has been published (and, in the mesh, the router has
+    /// its certificate).
     pub fn is_ready(&self) -> bool {
-        *self.generation.borrow() > 0
+        *self.generation.borrow() > 0 && self.mesh.as_ref().is_none_or(|m| m.is_ready())
     }
 
-    /// Waits until the first set from Consul has been published.
+    /// The mesh identity's watches, when the router is in the mesh.
+    pub fn mesh_watches(&self) -> Vec<(&'static str, Arc<WatchStatus>)> {
+        self.mesh.iter().flat_map(|m| m.watches()).collect()
+    }
+
+    /// Waits until the first set from Consul has been published (and, in the mesh, the
+    /// router's certificate issued).
     pub async fn ready(&self) {
         let mut generation = self.generation.clone();
         // Only fails once the task has ended, and then readiness can never come.
         if generation.wait_for(|g| *g > 0).await.is_err() {
             std::future::pending::<()>().await;
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.ready().await;
         }
     }
 
@@ -96,6 +117,7 @@ async fn follow(
     drains: Watch<Vec<KvPair>>,
     current: Arc<ArcSwap<BackendSet>>,
     generation: watch::Sender<u64>,
+    policy: MeshPolicy,
 ) {
     let mut health_updates = health.subscribe();
     let mut drain_updates = drains.subscribe();
@@ -104,7 +126,7 @@ async fn follow(
         let keys = drain_updates.borrow_and_update().clone();
         if let (Some(entries), Some(keys)) = (entries, keys) {
             let previous = current.load_full();
-            let next = BackendSet::build(&entries, &keys, &previous);
+            let next = BackendSet::build(&entries, &keys, &previous, policy);
             log_changes(&previous, &next);
             current.store(Arc::new(next));
             generation.send_modify(|g| *g += 1);

@@ -30,9 +30,11 @@ impl Fleet for Discovery {
     }
 
     fn watches(&self) -> Vec<(&'static str, Arc<WatchStatus>)> {
-        vec![
+        let mut watches = vec![
             ("health", self.health_status()),
             ("drain", self.drain_status()),
-        ]
+        ];
+        watches.extend(self.mesh_watches());
+        watches
     }
 }

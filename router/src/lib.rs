@@ -23,6 +23,8 @@
 //! * [`keys`]: API keys: the accepted set ([`keys::KeyStore`]), their stored JSON, and their
 //!   sources (Consul KV, a file).
 //! * [`keygen`]: the `keygen` subcommand, which makes a key and its entry.
+//! * [`mesh`]: the router in the Consul Connect service mesh: its identity, and mTLS to
+//!   Connect-native nodes checked by SPIFFE ID ([`mesh::MeshClient`]).
 //! * [`tls`]: TLS termination on the main listener, with certificates reloaded from disk
 //!   ([`tls::ServerTls`]).
 //! * [`metrics`]: the Prometheus metrics ([`metrics::Metrics`]).
@@ -40,6 +42,7 @@ mod file_stamp;
 pub mod fleet;
 pub mod keygen;
 pub mod keys;
+pub mod mesh;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;

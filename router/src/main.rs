@@ -9,6 +9,7 @@ use ollama_mesh_daemon::{init_logging, Notifier};
 use ollama_mesh_router::config::{Args, Command, RouterConfig};
 use ollama_mesh_router::keygen::NewKey;
 use ollama_mesh_router::keys::{ConsulKeys, FileKeys, KeyStore};
+use ollama_mesh_router::mesh::MeshClient;
 use ollama_mesh_router::metrics::Metrics;
 use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
 use ollama_mesh_router::registration::{RouterService, SelfRegistration};
@@ -54,11 +55,20 @@ fn main() -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     let shutdown = Shutdown::default();
 
+    let mesh = config.mesh.as_ref().map(|mesh| {
+        Arc::new(MeshClient::start(
+            consul.clone(),
+            mesh,
+            &config.service_name,
+            config.timeouts.connect,
+        ))
+    });
     let fleet: Arc<dyn Fleet> = if config.static_backends.is_empty() {
         Arc::new(Discovery::start(
             consul.clone(),
             config.service_name.clone(),
             WatchConfig::default(),
+            mesh.clone(),
         ))
     } else {
         Arc::new(StaticFleet::start(
@@ -121,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         max_header_size: usize::try_from(config.max_header_size).unwrap_or(usize::MAX),
         max_connections: config.max_connections,
         backend_tls: config.backend_tls.clone(),
+        mesh,
     };
     let options = ServeOptions {
         listen: config.listen.to_string(),

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
+use crate::backend::MeshPolicy;
 use crate::backend_tls::BackendTls;
 use crate::{BackendSet, Fleet};
 use probe::{Probe, Reading};
@@ -272,7 +273,8 @@ async fn poll(
             .collect();
         // An unchanged fleet is not republished: readers keep the same set.
         if published.as_ref() != Some(&entries) {
-            let next = BackendSet::build(&entries, &[], &current.load_full());
+            let next =
+                BackendSet::build(&entries, &[], &current.load_full(), MeshPolicy::default());
             current.store(Arc::new(next));
             published = Some(entries);
             generation.send_modify(|n| *n += 1);

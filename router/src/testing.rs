@@ -8,6 +8,7 @@ use ollama_mesh_consul::contract::meta::keys;
 use ollama_mesh_consul::contract::{ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 
+use crate::backend::MeshPolicy;
 use crate::backend_set::BackendSet;
 use crate::keys::{hex, sha256, ApiKey, KeyEntry};
 
@@ -139,5 +140,5 @@ fn check(id: &str, status: CheckStatus) -> HealthCheck {
 /// A fresh set of these instances, without drain keys.
 pub(crate) fn set(instances: &[Instance]) -> BackendSet {
     let entries: Vec<ServiceEntry> = instances.iter().map(Instance::entry).collect();
-    BackendSet::build(&entries, &[], &BackendSet::default())
+    BackendSet::build(&entries, &[], &BackendSet::default(), MeshPolicy::default())
 }

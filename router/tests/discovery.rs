@@ -89,7 +89,7 @@ fn candidates(set: &BackendSet) -> Vec<String> {
 
 async fn started(consul: &ConsulDev) -> (Client, Discovery) {
     let client = client_for(consul);
-    let discovery = Discovery::start(client.clone(), SERVICE, watch_config());
+    let discovery = Discovery::start(client.clone(), SERVICE, watch_config(), None);
     tokio::time::timeout(Duration::from_secs(10), discovery.ready())
         .await
         .expect("first snapshot");
@@ -247,7 +247,7 @@ async fn consul_unreachable_keeps_the_last_set_and_says_so() {
 async fn not_ready_until_consul_has_answered() {
     let mut consul = ConsulDev::start().await;
     consul.kill();
-    let discovery = Discovery::start(client_for(&consul), SERVICE, watch_config());
+    let discovery = Discovery::start(client_for(&consul), SERVICE, watch_config(), None);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!discovery.is_ready());
     assert!(discovery.backends().is_empty());

@@ -37,6 +37,7 @@ async fn router_over_consul(consul: &ConsulDev, nodes: usize) -> (Router, Arc<Di
         consul_client(consul),
         contract::DEFAULT_SERVICE_NAME,
         config,
+        None,
     ));
     let started = Instant::now();
     while discovery.backends().len() < nodes {
@@ -56,6 +57,7 @@ async fn router_over_consul(consul: &ConsulDev, nodes: usize) -> (Router, Arc<Di
         max_header_size: 64 << 10,
         max_connections: 1_000,
         backend_tls: None,
+        mesh: None,
     };
     let router = Router::with_fleet(discovery.clone() as Arc<dyn Fleet>, settings).await;
     (router, discovery)

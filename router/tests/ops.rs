@@ -285,7 +285,12 @@ async fn discovery(consul: &ConsulDev) -> Arc<Discovery> {
         max_backoff: Duration::from_millis(500),
         ..WatchConfig::default()
     };
-    let discovery = Arc::new(Discovery::start(consul_client(consul), "ollama", config));
+    let discovery = Arc::new(Discovery::start(
+        consul_client(consul),
+        "ollama",
+        config,
+        None,
+    ));
     tokio::time::timeout(Duration::from_secs(10), discovery.ready())
         .await
         .expect("first snapshot");

@@ -5,7 +5,7 @@ use super::*;
 use crate::testing::instance;
 
 fn backend(entry: &ServiceEntry) -> Backend {
-    Backend::from_entry(entry, None, InFlight::default())
+    Backend::from_entry(entry, None, InFlight::default(), MeshPolicy::default())
 }
 
 #[test]
@@ -57,6 +57,7 @@ fn checks_and_drain_reason_decide_the_state_by_the_contract() {
         &instance("a").entry(),
         Some("replacing fan"),
         InFlight::default(),
+        MeshPolicy::default(),
     );
     assert_eq!(
         drained.state(),
@@ -118,4 +119,35 @@ fn at_capacity_follows_the_in_flight_count() {
     assert!(b.is_at_capacity());
     b.in_flight().release();
     assert!(!b.is_at_capacity());
+}
+
+#[test]
+fn the_mesh_policy_decides_how_each_instance_is_reached() {
+    let plain = MeshPolicy::default();
+    let mesh = MeshPolicy {
+        mesh: true,
+        allow_plain: false,
+    };
+    let migrating = MeshPolicy {
+        mesh: true,
+        allow_plain: true,
+    };
+    assert_eq!(plain.reach(false), Reach::Direct);
+    assert!(matches!(plain.reach(true), Reach::Skipped(why) if why.contains("--mesh")));
+    assert_eq!(mesh.reach(true), Reach::Mesh);
+    assert!(matches!(mesh.reach(false), Reach::Skipped(why) if why.contains("--mesh-allow-plain")));
+    assert_eq!(migrating.reach(false), Reach::Direct);
+    assert_eq!(migrating.reach(true), Reach::Mesh);
+
+    let mut entry = instance("a").entry();
+    entry.service.connect.native = true;
+    let skipped = Backend::from_entry(&entry, None, InFlight::default(), plain);
+    assert!(skipped.state().accepts_new_work());
+    assert!(
+        !skipped.accepts_new_work(),
+        "a node the router cannot reach gets no work"
+    );
+    let meshed = Backend::from_entry(&entry, None, InFlight::default(), mesh);
+    assert!(meshed.accepts_new_work());
+    assert_eq!(meshed.host_header(), "localhost");
 }

@@ -1,6 +1,7 @@
 use ollama_mesh_consul::contract::RoutingState;
 
 use super::*;
+use crate::backend::MeshPolicy;
 use crate::testing::{instance, set};
 
 fn drain_key(key: &str, value: &str) -> KvPair {
@@ -32,7 +33,7 @@ fn in_flight_counters_survive_rebuilds_of_the_same_instance() {
         instance("a").on_disk(&["llama3.2"]).entry(),
         instance("c").entry(),
     ];
-    let second = BackendSet::build(&entries, &[], &first);
+    let second = BackendSet::build(&entries, &[], &first, MeshPolicy::default());
     let a = second.get("a").unwrap();
     assert!(a.has_model("llama3.2"));
     assert_eq!(a.in_flight().get(), 1);
@@ -48,7 +49,7 @@ fn the_same_id_on_another_node_does_not_share_a_counter() {
     first.get("a").unwrap().in_flight().acquire();
     let mut moved = instance("a").entry();
     moved.node.node = "elsewhere".into();
-    let second = BackendSet::build(&[moved], &[], &first);
+    let second = BackendSet::build(&[moved], &[], &first, MeshPolicy::default());
     assert_eq!(second.get("a").unwrap().in_flight().get(), 0);
 }
 
@@ -65,7 +66,12 @@ fn drain_keys_drain_their_instance_with_the_operator_s_reason() {
         drain_key("ollama-mesh/drain/", ""),
         drain_key("ollama-mesh/drain/unknown", "gone already"),
     ];
-    let set = BackendSet::build(&entries, &keys, &BackendSet::default());
+    let set = BackendSet::build(
+        &entries,
+        &keys,
+        &BackendSet::default(),
+        MeshPolicy::default(),
+    );
     assert_eq!(
         set.get("a").unwrap().state(),
         &RoutingState::Draining {

@@ -470,3 +470,43 @@ fn backend_tls_contradictions_and_unusable_cas_name_their_flag() {
     ])
     .starts_with(&format!("--backend-ca {}: ", empty.display())));
 }
+
+#[test]
+fn the_mesh_is_off_by_default_and_takes_its_identity_from_the_flags() {
+    let plain = config(&[LOOPBACK]).unwrap();
+    assert!(plain.mesh.is_none());
+    assert!(plain.summary().contains("mesh off"));
+
+    let mesh = config(&[LOOPBACK, "--mesh"]).unwrap().mesh.unwrap();
+    assert_eq!(mesh.service, "ollama-mesh-router");
+    assert!(!mesh.allow_plain);
+
+    let custom = config(&[
+        LOOPBACK,
+        "--mesh",
+        "--mesh-service=team-a-router",
+        "--mesh-allow-plain",
+    ])
+    .unwrap();
+    assert_eq!(
+        custom.mesh,
+        Some(MeshSettings {
+            service: "team-a-router".into(),
+            allow_plain: true
+        })
+    );
+    assert!(custom
+        .summary()
+        .contains("mesh on, as service \"team-a-router\", plain HTTP to nodes without Connect"));
+}
+
+#[test]
+fn mesh_contradictions_name_their_flag() {
+    assert!(error(&[LOOPBACK, "--mesh-allow-plain"]).starts_with("--mesh-allow-plain: "));
+    assert!(error(&[LOOPBACK, "--mesh-service=r"]).starts_with("--mesh-service: "));
+    assert!(error(&[LOOPBACK, "--mesh", "--mesh-service=bad name"]).starts_with("--mesh-service: "));
+    assert!(
+        error(&[LOOPBACK, "--mesh", "--backend=http://10.0.0.5:11434"]).starts_with("--mesh: ")
+    );
+    assert!(error(&[LOOPBACK, "--mesh", "--backend-tls"]).starts_with("--mesh: "));
+}

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use ollama_mesh_consul::contract::{MetaError, ModelList, NodeMeta, RoutingState};
 use serde::Serialize;
 
+use crate::backend::Reach;
 use crate::metrics::state_name;
 use crate::{Backend, BackendSet};
 
@@ -107,6 +108,10 @@ pub(super) struct NodeReport {
     /// Why it is draining or out (the maintenance note, drain key value or failing check).
     reason: Option<String>,
     weight: u32,
+    /// `mesh` (Consul Connect mTLS), `direct` (HTTP, or HTTPS with --backend-tls) or `skipped`.
+    reached: &'static str,
+    /// Why a skipped instance cannot be reached by this router.
+    skipped_because: Option<&'static str>,
     in_flight: usize,
     capacity: usize,
     models: Option<Models>,
@@ -175,6 +180,15 @@ impl NodeReport {
             state: state_name(state),
             reason,
             weight: state.weight(),
+            reached: match backend.reach() {
+                Reach::Direct => "direct",
+                Reach::Mesh => "mesh",
+                Reach::Skipped(_) => "skipped",
+            },
+            skipped_because: match backend.reach() {
+                Reach::Skipped(reason) => Some(reason),
+                Reach::Direct | Reach::Mesh => None,
+            },
             in_flight: backend.in_flight().get(),
             capacity: backend.capacity(),
             models: meta.map(|m| Models {

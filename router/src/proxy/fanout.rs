@@ -11,7 +11,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
+use crate::backend::Reach;
 use crate::backend_tls::{self, BackendTls};
+use crate::mesh::MeshClient;
 use crate::Backend;
 
 /// Largest answer read from one node.
@@ -21,7 +23,8 @@ const MAX_ANSWER: usize = 16 << 20;
 #[derive(Clone)]
 pub struct FanOut {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// `https` with TLS to the nodes: the same nodes Pingora reaches over TLS.
+    /// `https` with TLS to the nodes: the same nodes Pingora reaches over TLS (mesh nodes are
+    /// always `https`).
     scheme: &'static str,
 }
 
@@ -29,11 +32,15 @@ pub struct FanOut {
 pub type NodeAnswer = Result<(StatusCode, Bytes), String>;
 
 impl FanOut {
-    /// A client with its own connection pool, over HTTPS with `tls`.
-    pub fn new(tls: Option<&BackendTls>) -> Self {
+    /// A client with its own connection pool, over HTTPS with `tls`, or with Connect mTLS to
+    /// mesh nodes with `mesh` (the two exclude each other).
+    pub fn new(tls: Option<&BackendTls>, mesh: Option<&MeshClient>) -> Self {
+        let connector = match mesh {
+            Some(mesh) => backend_tls::connector_with(mesh.client_config(), HttpConnector::new()),
+            None => backend_tls::connector(tls, HttpConnector::new()),
+        };
         Self {
-            http: Client::builder(TokioExecutor::new())
-                .build(backend_tls::connector(tls, HttpConnector::new())),
+            http: Client::builder(TokioExecutor::new()).build(connector),
             scheme: backend_tls::scheme(tls),
         }
     }
@@ -64,9 +71,14 @@ impl FanOut {
         body: Bytes,
         timeout: Duration,
     ) -> NodeAnswer {
+        let scheme = match node.reach() {
+            Reach::Mesh => "https",
+            Reach::Direct | Reach::Skipped(_) => self.scheme,
+        };
         let request = Request::builder()
             .method(method)
-            .uri(format!("{}://{}{path}", self.scheme, node.address()))
+            .uri(format!("{scheme}://{}{path}", node.address()))
+            .header(http::header::HOST, node.host_header())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;

@@ -13,6 +13,7 @@
 //! * `large_body`: bodies larger than Pingora's replay buffer, sent through a subrequest.
 //! * `connections`: the cap on open client connections.
 //! * `lookup`: asking the nodes for a model their Meta does not list yet.
+//! * `peer`: how Pingora reaches a node (HTTP, HTTPS, or Connect mTLS in the mesh).
 //!
 //! A request that names a model is sent to a backend chosen by [`crate::select::choose`]; the
 //! choice's in-flight guard lives in the request context, so every way a request ends releases
@@ -29,6 +30,7 @@ mod fanout;
 mod large_body;
 mod limits;
 mod lookup;
+mod peer;
 mod route;
 mod views;
 
@@ -44,8 +46,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::backend_tls::{self, BackendTls};
+use crate::backend_tls::BackendTls;
 use crate::keys::{KeyStore, API_KEY_HEADER};
+use crate::mesh::MeshClient;
 use crate::metrics::Metrics;
 use crate::select::{self, SelectError};
 use crate::server::{ActiveRequest, ActiveRequests};
@@ -57,6 +60,8 @@ use connections::{ConnectionLimit, ConnectionPermit};
 use fanout::FanOut;
 use limits::{Limits, Slot};
 use lookup::Lookup;
+use ollama_mesh_connect::metrics::{self as connect_metrics, Side};
+use pingora::protocols::Digest;
 // The request inspection the fuzz target (router/fuzz) drives directly.
 pub use auth::is_admin_path;
 pub use body::{model_in, ModelInBody};
@@ -97,6 +102,8 @@ pub struct ProxySettings {
     /// TLS to the nodes (the trust for the router's own clients; Pingora's comes from
     /// [`crate::server::ServeOptions::backend_ca`]); `None` speaks plain HTTP to them.
     pub backend_tls: Option<BackendTls>,
+    /// Consul Connect to the nodes registered Connect-native; `None` outside the mesh.
+    pub mesh: Option<Arc<MeshClient>>,
 }
 
 /// Ollama's API for the whole fleet.
@@ -153,7 +160,7 @@ impl RequestContext {
 impl MeshProxy {
     /// A proxy over `fleet`, counting its requests in `active` (for draining at shutdown).
     pub fn new(fleet: Arc<dyn Fleet>, settings: ProxySettings, active: ActiveRequests) -> Self {
-        let fanout = FanOut::new(settings.backend_tls.as_ref());
+        let fanout = FanOut::new(settings.backend_tls.as_ref(), settings.mesh.as_deref());
         // Views and lookups are small reads; a node that cannot answer them quickly is left out.
         let node_read_timeout = settings.connect_timeout.max(Duration::from_secs(5));
         Self {
@@ -600,20 +607,27 @@ impl ProxyHttp for MeshProxy {
         };
         let backend = guard.backend();
         ctx.tried.push(backend.id().clone());
-        let tls = self.settings.backend_tls.is_some();
-        // With TLS the node's host is the name its certificate is verified against (an IP
-        // matches an IP SAN); Pingora skips verification altogether on an empty SNI.
-        let sni = if tls {
-            backend_tls::server_name(backend.address()).to_owned()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(backend.address(), tls, sni);
-        peer.options.connection_timeout = Some(self.settings.connect_timeout);
-        peer.options.read_timeout = Some(self.settings.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        let peer = peer::node_peer(backend, &self.settings)?;
         ctx.current = Some(guard);
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&Digest>,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        match &ctx.current {
+            Some(guard) => {
+                peer::check_connected(guard.backend(), &self.settings, reused, digest).await
+            }
+            None => Ok(()),
+        }
     }
 
     async fn upstream_request_filter(
@@ -623,8 +637,8 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         if let Some(guard) = &ctx.current {
-            // Ollama on loopback refuses foreign Host headers; the backend's own address passes.
-            upstream.insert_header(http::header::HOST, guard.backend().address())?;
+            // Ollama on loopback refuses foreign Host headers; the backend's own passes.
+            upstream.insert_header(http::header::HOST, guard.backend().host_header())?;
         }
         upstream.remove_header(NODE_HEADER);
         if !ctx.caller.is_admin() {
@@ -691,6 +705,9 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestContext,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if peer.client_cert_key.is_some() && peer::is_tls_failure(&e) {
+            connect_metrics::handshake(Side::Client, false);
+        }
         if ctx.retries_left > 0 {
             ctx.retries_left -= 1;
             self.metrics.retry(ctx.route.label(), "connect");

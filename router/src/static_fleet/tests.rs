@@ -1,6 +1,7 @@
 use ollama_mesh_consul::contract::RoutingState;
 
 use super::*;
+use crate::backend::MeshPolicy;
 
 fn reading(models: &[&str], loaded: &[&str]) -> Reading {
     Reading {
@@ -15,6 +16,7 @@ fn build(backend: &StaticBackend, last_good: Option<&Reading>, error: Option<&st
         &[backend.entry(last_good, error)],
         &[],
         &BackendSet::default(),
+        MeshPolicy::default(),
     )
 }
 

@@ -18,6 +18,7 @@ use ollama_mesh_consul::contract::{self, ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 use ollama_mesh_consul::watch::WatchStatus;
 use ollama_mesh_consul::ConsulSettings;
+use ollama_mesh_router::backend::MeshPolicy;
 use ollama_mesh_router::keys::{hex, sha256, KeyEntry, KeyStore};
 use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
 use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
@@ -97,6 +98,7 @@ pub fn settings() -> ProxySettings {
         max_header_size: 64 << 10,
         max_connections: 1_000,
         backend_tls: None,
+        mesh: None,
     }
 }
 
@@ -109,7 +111,7 @@ pub struct Router {
 
 impl Router {
     pub async fn start(entries: Vec<ServiceEntry>, settings: ProxySettings) -> Self {
-        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        let set = BackendSet::build(&entries, &[], &BackendSet::default(), MeshPolicy::default());
         Self::with_fleet(Arc::new(FixedFleet(Arc::new(set))), settings).await
     }
 
@@ -124,7 +126,7 @@ impl Router {
         settings: ProxySettings,
         keys: KeyStore,
     ) -> Self {
-        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        let set = BackendSet::build(&entries, &[], &BackendSet::default(), MeshPolicy::default());
         let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
         Self::with_proxy(|active| MeshProxy::new(fleet, settings, active).with_keys(keys)).await
     }
@@ -135,7 +137,7 @@ impl Router {
         settings: ProxySettings,
         tls: Arc<ServerTls>,
     ) -> Self {
-        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        let set = BackendSet::build(&entries, &[], &BackendSet::default(), MeshPolicy::default());
         let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
         Self::serving(
             |active| MeshProxy::new(fleet, settings, active),
@@ -148,7 +150,7 @@ impl Router {
     /// A router over `entries` reaching them with `settings.backend_tls`, Pingora trusting the
     /// same CA bundle as the router's own clients (as `main` sets it up).
     pub async fn with_backend_tls(entries: Vec<ServiceEntry>, settings: ProxySettings) -> Self {
-        let set = BackendSet::build(&entries, &[], &BackendSet::default());
+        let set = BackendSet::build(&entries, &[], &BackendSet::default(), MeshPolicy::default());
         let fleet: Arc<dyn Fleet> = Arc::new(FixedFleet(Arc::new(set)));
         let ca = settings
             .backend_tls

@@ -4,6 +4,7 @@ use ollama_mesh_consul::health::{CheckStatus, ServiceEntry};
 use serde_json::{json, Value};
 
 use super::*;
+use crate::backend::MeshPolicy;
 use crate::testing::{instance, set, Instance};
 
 fn report(log: &ChangeLog, set: &Arc<BackendSet>) -> Vec<Value> {
@@ -16,7 +17,12 @@ fn report(log: &ChangeLog, set: &Arc<BackendSet>) -> Vec<Value> {
 
 fn rebuilt(instances: &[Instance], previous: &BackendSet) -> Arc<BackendSet> {
     let entries: Vec<ServiceEntry> = instances.iter().map(Instance::entry).collect();
-    Arc::new(BackendSet::build(&entries, &[], previous))
+    Arc::new(BackendSet::build(
+        &entries,
+        &[],
+        previous,
+        MeshPolicy::default(),
+    ))
 }
 
 #[test]
