@@ -119,6 +119,11 @@ impl MeshClient {
         self.source.is_ready()
     }
 
+    /// The router's current identity, if Consul has issued one.
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.source.tls().identity()
+    }
+
     /// Waits for the router's certificate.
     pub async fn ready(&self) {
         self.source.ready().await;
