@@ -29,8 +29,11 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 pub enum Decision {
     /// The intentions allow it.
     Allowed,
-    /// Denied, with the reason to log (the matching intention, or why asking failed).
+    /// The intentions deny it, with the agent's reason (the matching intention).
     Denied(String),
+    /// The agent could not answer. A new connection is refused on this (fail closed); an open
+    /// one is better kept until the agent answers again than cut for an agent's hiccup.
+    Unavailable(String),
 }
 
 struct Cached {
@@ -74,8 +77,8 @@ impl Authorizer {
         self.changes.clone()
     }
 
-    /// Whether `peer` may connect now. Fails closed: if the agent cannot answer, the
-    /// connection is denied (and the answer is not cached).
+    /// Whether `peer` may connect now. An agent that cannot answer gives
+    /// [`Decision::Unavailable`], which is not cached.
     pub async fn decide(&self, peer: &PeerIdentity) -> Decision {
         let generation = *self.changes.borrow();
         if let Some(cached) = self.cache.lock().expect("cache lock").get(peer) {
@@ -91,7 +94,9 @@ impl Authorizer {
             Ok(answer) if answer.authorized => Decision::Allowed,
             Ok(answer) => Decision::Denied(answer.reason),
             Err(error) => {
-                return Decision::Denied(format!("the Consul agent could not authorize: {error}"))
+                return Decision::Unavailable(format!(
+                    "the Consul agent could not authorize: {error}"
+                ))
             }
         };
         let mut cache = self.cache.lock().expect("cache lock");

@@ -139,6 +139,7 @@ async fn intention_changes_are_announced_and_decided_by_the_agent() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Decision::Allowed => panic!("still allowed 3 s after the deny intention"),
+            Decision::Unavailable(reason) => panic!("the agent did not answer: {reason}"),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! validated configuration the sidecar runs on. Every invalid value fails at start with the
 //! flag's name.
 
-use std::net::UdpSocket;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub struct Args {
     pub ollama_url: String,
 
     /// What routers connect to (http://HOST:PORT). Default: the address this node reaches
-    /// Consul from, with Ollama's port.
+    /// Consul from, with Ollama's port (in mesh mode, the --mesh-listen port).
     #[arg(long, env = "OLLAMA_MESH_ADVERTISE")]
     pub advertise: Option<String>,
 
@@ -120,6 +120,22 @@ pub struct Args {
     #[arg(long, env = "OLLAMA_MESH_DEREGISTER_CRITICAL_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
     pub deregister_critical_after: Duration,
 
+    /// Mesh mode: put Ollama behind Consul Connect mutual TLS on --mesh-listen, register the node
+    /// Connect-native on that port, and let only services the intentions allow reach Ollama.
+    /// Ollama must then listen on loopback only (OLLAMA_HOST=127.0.0.1:11434), or the mesh could
+    /// be bypassed.
+    #[arg(long, env = "OLLAMA_MESH_MESH")]
+    pub mesh: bool,
+
+    /// Where mesh mode accepts Connect mTLS connections (ADDR:PORT); routers are told this port
+    /// unless --advertise says otherwise.
+    #[arg(long, env = "OLLAMA_MESH_MESH_LISTEN", default_value = "0.0.0.0:11444")]
+    pub mesh_listen: String,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off when unset).
+    #[arg(long, env = "OLLAMA_MESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Consul's HTTP API (overrides CONSUL_HTTP_ADDR).
     #[arg(long, env = "OLLAMA_MESH_CONSUL_ADDR")]
     pub consul_addr: Option<String>,
@@ -160,9 +176,9 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 pub struct SidecarConfig {
     /// Ollama's base URL (no trailing slash).
     pub ollama_url: String,
-    /// Address and port routers connect to.
+    /// Address routers connect to.
     pub advertise_host: String,
-    /// Port routers connect to.
+    /// Port routers connect to: Ollama's, or in mesh mode the mesh listener's.
     pub advertise_port: u16,
     /// Consul service name.
     pub service_name: String,
@@ -198,6 +214,21 @@ pub struct SidecarConfig {
     pub deregister_critical_after: Duration,
     /// Consul client configuration.
     pub consul: ClientConfig,
+    /// Mesh mode's settings; `None` when Ollama is reached directly.
+    pub mesh: Option<MeshConfig>,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Mesh mode: Connect mTLS in front of a loopback-only Ollama.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// Where the mTLS listener binds.
+    pub listen: SocketAddr,
+    /// Ollama's host as written in `--ollama-url` (a loopback address or `localhost`).
+    pub ollama_host: String,
+    /// Ollama's port.
+    pub ollama_port: u16,
 }
 
 /// How GPU facts are learned, validated.
@@ -227,6 +258,16 @@ impl SidecarConfig {
 
         let (ollama_url, ollama_host, ollama_port) =
             parse_http_url("ollama-url", &args.ollama_url)?;
+        let mesh = if args.mesh {
+            Some(mesh_config(args, &ollama_host, ollama_port)?)
+        } else {
+            None
+        };
+        let metrics_listen = args
+            .metrics_listen
+            .as_deref()
+            .map(|addr| parse_listen_addr("metrics-listen", addr))
+            .transpose()?;
         let (advertise_host, advertise_port) = match &args.advertise {
             Some(url) => {
                 let (_, host, port) = parse_http_url("advertise", url)?;
@@ -234,7 +275,8 @@ impl SidecarConfig {
             }
             None => (
                 default_advertise_host(&consul.address, &ollama_host),
-                ollama_port,
+                // In mesh mode routers must come through the mTLS listener, never to Ollama.
+                mesh.as_ref().map_or(ollama_port, |mesh| mesh.listen.port()),
             ),
         };
         if args.service_name.is_empty()
@@ -316,6 +358,8 @@ impl SidecarConfig {
             heartbeat_ttl: args.heartbeat_ttl,
             deregister_critical_after: args.deregister_critical_after,
             consul,
+            mesh,
+            metrics_listen,
         })
     }
 
@@ -323,7 +367,8 @@ impl SidecarConfig {
     pub fn summary(&self) -> String {
         format!(
             "instance {} of service {:?}; Ollama {}; advertised as {}:{}; consul {}{}; gpu probe {}; \
-             {} slot(s) per model; weight {}; poll every {:?}; drain timeout {:?}; preemption notice {}",
+             {} slot(s) per model; weight {}; poll every {:?}; drain timeout {:?}; preemption notice {}; \
+             mesh {}; metrics {}",
             self.instance_id,
             self.service_name,
             self.ollama_url,
@@ -340,8 +385,58 @@ impl SidecarConfig {
             self.poll_interval,
             self.drain_timeout,
             self.preemption_notice.as_ref().map_or("off", |(url, _)| url.as_str()),
+            self.mesh.as_ref().map_or("off".to_owned(), |mesh| format!("on {}", mesh.listen)),
+            self.metrics_listen.map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),
         )
     }
+}
+
+/// Mesh mode's settings. Ollama must be reachable on loopback only: anything else could reach
+/// it around the mesh, and an Ollama on loopback is also where the agent's HTTP check on the
+/// same host finds it.
+fn mesh_config(
+    args: &Args,
+    ollama_host: &str,
+    ollama_port: u16,
+) -> Result<MeshConfig, ConfigError> {
+    if !is_loopback(ollama_host) {
+        return Err(invalid(
+            "ollama-url",
+            format!(
+                "{ollama_host:?} is not a loopback address: in mesh mode Ollama must listen on \
+                 loopback only, or clients could bypass the mesh; set OLLAMA_HOST=127.0.0.1:11434 \
+                 for Ollama and --ollama-url http://127.0.0.1:11434 here"
+            ),
+        ));
+    }
+    let listen = parse_listen_addr("mesh-listen", &args.mesh_listen)?;
+    if listen.port() == 0 {
+        return Err(invalid(
+            "mesh-listen",
+            "needs a fixed port: it is the port registered in Consul",
+        ));
+    }
+    Ok(MeshConfig {
+        listen,
+        ollama_host: ollama_host.to_owned(),
+        ollama_port,
+    })
+}
+
+/// Whether `host` (an IP address or a name, as in a URL) is this host's loopback.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Parses a listen address, `IP:PORT` (`[::]:PORT` for IPv6).
+fn parse_listen_addr(field: &'static str, addr: &str) -> Result<SocketAddr, ConfigError> {
+    addr.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{addr:?} is not an address to listen on (IP:PORT, e.g. 0.0.0.0:11444)"),
+        )
+    })
 }
 
 /// Parses an `http://host:port` URL; returns it without a trailing slash, its host and port.

@@ -8,6 +8,9 @@
 //! * [`gpu`]: GPU facts from `nvidia-smi`.
 //! * [`registration`]: the service definition, Meta, weights, checks and the heartbeat summary.
 //! * [`sidecar`]: the main loop: observe, sync with Consul, follow drains, drain on shutdown.
+//! * `mesh`: mesh mode, Ollama behind Consul Connect mTLS and the intentions.
+//! * `metrics_endpoint`: `GET /metrics` for Prometheus.
+//! * `listener`: the servers beside the main loop, bound at start and stopped with it.
 //! * `http_get`: the bounded GET used for Ollama and the preemption notice.
 
 pub mod config;
@@ -17,6 +20,9 @@ pub mod registration;
 pub mod sidecar;
 
 mod http_get;
+mod listener;
+mod mesh;
+mod metrics_endpoint;
 
 pub use sidecar::Sidecar;
 
@@ -26,4 +32,15 @@ pub enum SidecarError {
     /// The Consul client could not be set up.
     #[error(transparent)]
     Consul(#[from] ollama_mesh_consul::Error),
+    /// A listener could not bind the address its flag names (taken, or not this host's).
+    #[error("--{flag}: cannot listen on {addr}: {source}")]
+    Listen {
+        /// The flag that set the address.
+        flag: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
 }

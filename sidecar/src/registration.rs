@@ -1,7 +1,9 @@
 //! What the sidecar writes to Consul: the service definition with its checks and weights, and
 //! the heartbeat's status and one-line summary for the operator reading the Consul UI.
 
-use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration, Weights};
+use ollama_mesh_consul::agent::{
+    CheckDefinition, CheckKind, ConnectSettings, ServiceRegistration, Weights,
+};
 use ollama_mesh_consul::contract::{self, ModelList, NodeMeta};
 use ollama_mesh_consul::health::CheckStatus;
 
@@ -58,7 +60,9 @@ pub fn weights(config: &SidecarConfig, meta: &NodeMeta) -> Weights {
     }
 }
 
-/// The full service definition.
+/// The full service definition. In mesh mode the instance is Connect-native on the mesh port
+/// (already the advertised port), while the agent's HTTP check still goes to Ollama's loopback
+/// URL: the agent runs on this host and holds no client certificate.
 pub fn service(
     config: &SidecarConfig,
     meta: &NodeMeta,
@@ -107,7 +111,10 @@ pub fn service(
                 deregister_critical_after: Some(config.deregister_critical_after),
             },
         ],
-        connect: None,
+        connect: config
+            .mesh
+            .as_ref()
+            .map(|_| ConnectSettings { native: true }),
     }
 }
 

@@ -1,6 +1,9 @@
 //! The sidecar's main loop: observe Ollama and the GPUs, keep the Consul registration true,
 //! follow the operator's drain key and the preemption notice, and drain on shutdown.
 //!
+//! In mesh mode it also runs the Connect mTLS listener in front of Ollama, and registers only
+//! once the node holds a certificate.
+//!
 //! It never exits because Consul or Ollama is down: it keeps observing, retries Consul with
 //! backoff, and logs once per change of state rather than once per failed attempt.
 
@@ -15,6 +18,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::SidecarConfig;
 use crate::http_get::HttpGet;
+use crate::listener::Server;
+use crate::mesh::Mesh;
+use crate::metrics_endpoint;
 use crate::ollama::OllamaClient;
 use crate::registration::{self, Observation};
 use crate::{gpu, SidecarError};
@@ -47,6 +53,47 @@ struct Consul {
     retry_delay: Duration,
 }
 
+/// The servers beside the main loop; they serve through the drain period and stop when
+/// [`Sidecar::run`] returns and drops them.
+struct Listeners {
+    mesh: Option<Mesh>,
+    _metrics: Option<Server>,
+}
+
+impl Listeners {
+    /// Binds every configured listener, so a taken port fails the start before registering.
+    async fn start(config: &SidecarConfig, consul: &Client) -> Result<Self, SidecarError> {
+        let mesh = match &config.mesh {
+            Some(mesh) => Some(
+                Mesh::start(
+                    mesh,
+                    &config.service_name,
+                    &config.advertise_host,
+                    consul.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(metrics_endpoint::start(addr).await?),
+            None => None,
+        };
+        Ok(Self {
+            mesh,
+            _metrics: metrics,
+        })
+    }
+
+    /// Resolves once this node has its first Connect certificate; never outside mesh mode.
+    async fn mesh_ready(&self) {
+        match &self.mesh {
+            Some(mesh) => mesh.ready().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl Sidecar {
     /// A sidecar for `config`, reporting to systemd through `notifier`.
     pub fn new(config: SidecarConfig, notifier: Notifier) -> Result<Self, SidecarError> {
@@ -64,11 +111,13 @@ impl Sidecar {
     /// notice arrives, then drains and deregisters.
     pub async fn run(self, shutdown: impl Future<Output = String>) -> Result<(), SidecarError> {
         let config = &self.config;
+        let listeners = Listeners::start(config, &self.consul).await?;
+        let mesh_ready = listeners.mesh_ready();
         let drain_key = layout::drain_key(&config.instance_id);
         let drain_watch = watch_key(self.consul.clone(), drain_key.clone());
         let mut drain_updates = drain_watch.subscribe();
         let preemption = preemption_notice(config.preemption_notice.clone());
-        tokio::pin!(shutdown, preemption);
+        tokio::pin!(shutdown, preemption, mesh_ready);
 
         let mut poll = tokio::time::interval(config.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -89,16 +138,25 @@ impl Sidecar {
         let mut observed = Observation::default();
         let mut next_gpu_probe = Instant::now();
         let mut ready = false;
+        // In mesh mode the node is registered only once it has a Connect certificate: before,
+        // every router's handshake with it would fail.
+        let mut may_register = listeners.mesh.is_none();
 
         loop {
             tokio::select! {
                 _ = poll.tick() => {
                     self.observe(&mut observed, &mut next_gpu_probe).await;
-                    consul.sync(config, &observed).await;
+                    if may_register {
+                        consul.sync(config, &observed).await;
+                    }
                     if !ready && consul.registered.is_some() {
                         self.notifier.ready();
                         ready = true;
                     }
+                }
+                () = &mut mesh_ready, if !may_register => {
+                    may_register = true;
+                    poll.reset_immediately();
                 }
                 Ok(()) = drain_updates.changed() => {
                     let snapshot = drain_updates.borrow_and_update().clone();

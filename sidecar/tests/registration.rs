@@ -1,148 +1,23 @@
 //! The sidecar against a real `consul agent -dev` and simulated (or real) Ollama nodes.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser as _;
+use common::{all_passing, args, client, entry, fake_nvidia_smi, two_rtx_4090, until, Running, ID};
 use ollama_mesh_consul::contract::{routing_state, NodeMeta, RoutingState};
-use ollama_mesh_consul::health::{CheckStatus, ServiceEntry};
+use ollama_mesh_consul::health::ServiceEntry;
 use ollama_mesh_consul::kv::WriteCondition;
-use ollama_mesh_consul::{Client, ConsulSettings, QueryOptions};
-use ollama_mesh_daemon::Notifier;
-use ollama_mesh_sidecar::config::{Args, SidecarConfig};
-use ollama_mesh_sidecar::{Sidecar, SidecarError};
+use ollama_mesh_consul::{Client, QueryOptions};
 use ollama_mesh_sim::NodeSpec;
 use ollama_mesh_test_support::{ConsulDev, SimNode};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-const ID: &str = "ollama-test-node-1";
-
-/// A script standing in for nvidia-smi.
-fn fake_nvidia_smi(name: &str, body: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "ollama-mesh-nvidia-smi-{}-{name}",
-        std::process::id()
-    ));
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-fn two_rtx_4090() -> PathBuf {
-    fake_nvidia_smi(
-        "2x4090",
-        "echo 'NVIDIA GeForce RTX 4090, 24564, 0, 0'; echo 'NVIDIA GeForce RTX 4090, 24564, 0, 0'",
-    )
-}
-
-fn args(consul: &str, ollama: &str, nvidia_smi: &Path, extra: &[&str]) -> Args {
-    let mut argv = vec![
-        "ollama-mesh-sidecar".to_owned(),
-        format!("--consul-addr={consul}"),
-        format!("--ollama-url={ollama}"),
-        format!("--instance-id={ID}"),
-        format!("--nvidia-smi={}", nvidia_smi.display()),
-        "--parallel-slots=4".into(),
-        "--poll-interval=200ms".into(),
-        "--meta-min-interval=0s".into(),
-        "--check-interval=1s".into(),
-        "--heartbeat-ttl=5s".into(),
-        "--drain-timeout=1s".into(),
-        "--gpu-probe-interval=200ms".into(),
-    ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    Args::try_parse_from(argv).expect("valid flags")
-}
-
-/// A running sidecar; `shutdown` drains it.
-struct Running {
-    shutdown: Option<oneshot::Sender<String>>,
-    task: JoinHandle<Result<(), SidecarError>>,
-}
-
-impl Running {
-    fn start(args: &Args) -> Self {
-        let config =
-            SidecarConfig::from_args(args, ConsulSettings::default()).expect("valid config");
-        let sidecar = Sidecar::new(config, Notifier::default()).unwrap();
-        let (shutdown, signal) = oneshot::channel::<String>();
-        let task = tokio::spawn(sidecar.run(async move { signal.await.unwrap_or_default() }));
-        Self {
-            shutdown: Some(shutdown),
-            task,
-        }
-    }
-
-    async fn shutdown(mut self) -> Result<(), SidecarError> {
-        self.shutdown
-            .take()
-            .unwrap()
-            .send("test shutdown".into())
-            .unwrap();
-        (&mut self.task).await.unwrap()
-    }
-
-    /// Waits for the sidecar to stop by itself.
-    async fn finished(mut self) -> Result<(), SidecarError> {
-        (&mut self.task).await.unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn client(consul: &ConsulDev) -> Client {
-    let settings = ConsulSettings {
-        http_addr: Some(consul.http_url()),
-        ..ConsulSettings::default()
-    };
-    Client::new(&settings.validate().unwrap()).unwrap()
-}
-
-async fn entry(client: &Client) -> Option<ServiceEntry> {
-    let entries = client
-        .health_service("ollama", &QueryOptions::default())
-        .await
-        .ok()?
-        .value;
-    entries.into_iter().find(|e| e.service.id == ID)
-}
-
-/// Polls Consul until `ready` holds for the instance's entry (or its absence); returns the time taken.
-async fn until(
-    client: &Client,
-    limit: Duration,
-    ready: impl Fn(Option<&ServiceEntry>) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let current = entry(client).await;
-        if ready(current.as_ref()) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not reached within {limit:?}; entry: {current:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 fn state(entry: Option<&ServiceEntry>) -> Option<RoutingState> {
     entry.map(|e| routing_state(&e.checks, e.service.weights, None))
-}
-
-fn all_passing(entry: Option<&ServiceEntry>) -> bool {
-    entry.is_some_and(|e| e.checks.iter().all(|c| c.status == CheckStatus::Passing))
 }
 
 fn meta(entry: &ServiceEntry) -> NodeMeta {
@@ -281,8 +156,16 @@ async fn ollama_going_away_takes_the_node_out_and_its_return_brings_it_back() {
         matches!(state(e), Some(RoutingState::Out { .. }))
     })
     .await;
-    let output = heartbeat_output(&client).await;
-    assert!(output.contains("Ollama unreachable"), "{output}");
+    // The agent's HTTP check may notice first; the heartbeat follows within a poll.
+    let started = Instant::now();
+    loop {
+        let output = heartbeat_output(&client).await;
+        if output.contains("Ollama unreachable") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{output}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let _node = SimNode::start_on(
         addr,

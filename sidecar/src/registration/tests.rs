@@ -111,3 +111,19 @@ fn the_service_definition_carries_both_checks_and_the_contract() {
     assert!(ttl.deregister_critical_after.is_some());
     assert!(service.checks.iter().all(|c| !c.notes.is_empty()));
 }
+
+#[test]
+fn mesh_mode_registers_connect_native_on_the_mesh_port_and_checks_ollama_directly() {
+    let config = config(&["--mesh", "--mesh-listen", "0.0.0.0:11444"]);
+    let service = service(&config, &node_meta(&config, &healthy()), &healthy());
+    assert_eq!(service.connect, Some(ConnectSettings { native: true }));
+    assert_eq!(service.port, 11444);
+    assert!(
+        matches!(&service.checks[0].kind, CheckKind::Http { url, .. } if url == "http://127.0.0.1:11434/api/version")
+    );
+
+    let plain = self::config(&[]);
+    let service = super::service(&plain, &node_meta(&plain, &healthy()), &healthy());
+    assert_eq!(service.connect, None);
+    assert_eq!(service.port, 11434);
+}
