@@ -119,6 +119,11 @@ async fn intention_changes_are_announced_and_decided_by_the_agent() {
     assert_eq!(authorizer.decide(&peer).await, Decision::Allowed);
 
     let mut changes = authorizer.changes();
+    // The first answer (no intentions at all: Consul says `null`) is announced too.
+    tokio::time::timeout(Duration::from_secs(2), changes.wait_for(|g| *g > 0))
+        .await
+        .expect("the intentions watch answers on a fresh agent")
+        .unwrap();
     changes.borrow_and_update();
     consul
         .set_intentions("ollama", &[("ollama-mesh-router", "deny")])

@@ -5,6 +5,8 @@
 //! Roots, leaf and intentions all answer blocking queries, so [`crate::watch::Watch`] follows
 //! renewals, CA rotations and intention edits as they happen.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::client::{encode_component, Client, QueryOptions, QueryResponse};
@@ -159,8 +161,9 @@ impl Client {
             "/v1/connect/intentions/match?by=destination&name={}",
             encode_component(destination)
         );
-        let answer: QueryResponse<std::collections::BTreeMap<String, Vec<Intention>>> =
+        // A destination with no intentions is `{"<name>": null}`.
+        let answer: QueryResponse<BTreeMap<String, Option<Vec<Intention>>>> =
             self.get_json(&path, options).await?;
-        Ok(answer.map(|mut by_name| by_name.remove(destination).unwrap_or_default()))
+        Ok(answer.map(|mut by_name| by_name.remove(destination).flatten().unwrap_or_default()))
     }
 }
