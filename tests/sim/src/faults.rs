@@ -5,7 +5,7 @@
 //! Durations here are wall-clock milliseconds, not simulated time: they exist to exercise the
 //! caller's timeouts, which run on the wall clock.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,10 @@ pub struct FaultSpec {
     /// The delay of [`HealthMode::Slow`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_delay_ms: Option<u64>,
+    /// Every inference request answers 503 "server busy", as Ollama does when its pending queue
+    /// is full: a node that is up but refuses work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<bool>,
     /// The process dies abruptly on the arrival of the Nth inference request from now
     /// (0 = off). In-process, `serve` returns [`crate::ServeExit::Killed`] instead.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +78,7 @@ pub struct Faults {
     health: AtomicU8,
     health_delay_ms: AtomicU64,
     exit_countdown: AtomicU64,
+    busy: AtomicBool,
     kill: watch::Sender<bool>,
 }
 
@@ -84,6 +89,8 @@ pub enum Arrival {
     Proceed(Duration),
     /// Answer 500 without doing anything.
     Fail,
+    /// Answer 503 "server busy" without doing anything.
+    Busy,
     /// The node dies now.
     Die,
 }
@@ -98,6 +105,7 @@ impl Faults {
             health: AtomicU8::new(HealthMode::Normal as u8),
             health_delay_ms: AtomicU64::new(1000),
             exit_countdown: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
             kill: watch::Sender::new(false),
         };
         faults.apply(spec);
@@ -122,6 +130,9 @@ impl Faults {
         if let Some(mode) = spec.health {
             self.health.store(mode as u8, Ordering::Relaxed);
         }
+        if let Some(busy) = spec.busy {
+            self.busy.store(busy, Ordering::Relaxed);
+        }
     }
 
     /// Turns every fault off.
@@ -133,6 +144,7 @@ impl Faults {
             health: Some(HealthMode::Normal),
             health_delay_ms: Some(1000),
             exit_after_requests: Some(0),
+            busy: Some(false),
         });
     }
 
@@ -146,6 +158,7 @@ impl Faults {
             health: Some(self.health()),
             health_delay_ms: Some(self.health_delay_ms.load(Ordering::Relaxed)),
             exit_after_requests: Some(self.exit_countdown.load(Ordering::Relaxed)),
+            busy: Some(self.busy.load(Ordering::Relaxed)),
         }
     }
 
@@ -157,6 +170,9 @@ impl Faults {
         }
         if take_one(&self.fail_next).is_some() {
             return Arrival::Fail;
+        }
+        if self.busy.load(Ordering::Relaxed) {
+            return Arrival::Busy;
         }
         Arrival::Proceed(Duration::from_millis(self.stall_ms.load(Ordering::Relaxed)))
     }
@@ -211,6 +227,21 @@ fn take_one(cell: &AtomicU64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_node_refuses_every_request_until_cleared() {
+        let faults = Faults::new(&FaultSpec {
+            busy: Some(true),
+            ..FaultSpec::default()
+        });
+        assert_eq!(faults.on_inference_arrival(), Arrival::Busy);
+        assert_eq!(faults.on_inference_arrival(), Arrival::Busy);
+        faults.clear();
+        assert_eq!(
+            faults.on_inference_arrival(),
+            Arrival::Proceed(Duration::ZERO)
+        );
+    }
 
     #[test]
     fn fail_next_counts_down() {

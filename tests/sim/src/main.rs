@@ -102,6 +102,7 @@ impl Cli {
             health: self.health.or(faults.health),
             health_delay_ms: self.health_delay_ms.or(faults.health_delay_ms),
             exit_after_requests: self.exit_after_requests.or(faults.exit_after_requests),
+            busy: faults.busy,
         };
         *faults = cli_faults;
         Ok(spec)

@@ -24,6 +24,7 @@ use self::body::content_type;
 pub use self::body::Response;
 pub use self::control::stats_json;
 use self::error::{ApiError, Flavor};
+use crate::scheduler::SchedError;
 pub use self::host::HostCheck;
 use crate::app::App;
 use crate::faults::{Arrival, HealthMode};
@@ -206,6 +207,10 @@ where
         Arrival::Fail | Arrival::Die => {
             stats::add(&app.stats.faulted_total, 1);
             return ApiError::internal(FAULT_MESSAGE).respond(flavor);
+        }
+        Arrival::Busy => {
+            stats::add(&app.stats.faulted_total, 1);
+            return ApiError::from(SchedError::QueueFull).respond(flavor);
         }
     }
     handler(app, body, in_flight)
