@@ -9,14 +9,16 @@
 //!   "unreachable"` with how stale the set may be.
 //! * `GET /v1/mesh/nodes`: every instance with its state, weight, load, models, GPUs and the
 //!   time this router last saw it change.
+//! * `GET /`: the fleet page, the same data as a live table for a browser.
 //!
 //! Anything else is a 404 (or 405 for a known path with another method), in JSON.
 //!
-//! Bound beyond loopback with API keys required, `/metrics` and `/v1/mesh/nodes` need an admin
-//! key (they describe the whole fleet); `/healthz` and `/readyz` stay open to the health checks
+//! Bound beyond loopback with API keys required, `/metrics`, `/v1/mesh/nodes` and the fleet page
+//! need an admin key (they describe the whole fleet); `/healthz` and `/readyz` stay open to the health checks
 //! of Consul and load balancers, which send no credentials and learn nothing from them.
 
 mod nodes;
+mod page;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -59,8 +61,8 @@ struct Ops {
 }
 
 /// Serves the ops endpoints on `listener` until `shutdown` resolves, then lets open
-/// connections finish (a few seconds at most) and returns. With `keys`, `/metrics` and
-/// `/v1/mesh/nodes` need an admin key.
+/// connections finish (a few seconds at most) and returns. With `keys`, `/metrics`,
+/// `/v1/mesh/nodes` and the fleet page (`/`) need an admin key.
 ///
 /// Errors accepting one connection are logged and do not stop the server.
 pub async fn serve(
@@ -133,7 +135,10 @@ async fn follow_changes(ops: std::sync::Weak<Ops>) {
 
 impl Ops {
     fn handle(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
-        let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/v1/mesh/nodes");
+        let known = matches!(
+            path,
+            "/" | "/metrics" | "/healthz" | "/readyz" | "/v1/mesh/nodes"
+        );
         if known && !matches!(*method, Method::GET | Method::HEAD) {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -142,7 +147,7 @@ impl Ops {
                 },
             );
         }
-        if matches!(path, "/metrics" | "/v1/mesh/nodes") {
+        if matches!(path, "/" | "/metrics" | "/v1/mesh/nodes") {
             if let Some(refusal) = self.refusal(path, headers) {
                 return refusal;
             }
@@ -151,11 +156,8 @@ impl Ops {
             "/metrics" => self.metrics(),
             "/healthz" => json(StatusCode::OK, &Health { status: "ok" }),
             "/readyz" => self.readiness(),
-            "/v1/mesh/nodes" => {
-                let set = self.fleet.backends();
-                self.changes.update(&set);
-                json(StatusCode::OK, &self.changes.describe(&set))
-            }
+            "/v1/mesh/nodes" => json(StatusCode::OK, &self.nodes()),
+            "/" => page::render(&self.nodes()),
             _ => json(
                 StatusCode::NOT_FOUND,
                 &Problem {
@@ -163,6 +165,13 @@ impl Ops {
                 },
             ),
         }
+    }
+
+    /// Every instance of the current set, stamped with its last change.
+    fn nodes(&self) -> Vec<nodes::NodeReport> {
+        let set = self.fleet.backends();
+        self.changes.update(&set);
+        self.changes.describe(&set)
     }
 
     /// The answer to a request for `path` without an admin key, when keys are required.

@@ -127,6 +127,20 @@ async fn nodes_lists_every_instance() {
 }
 
 #[tokio::test]
+async fn the_fleet_page_is_html_at_the_root() {
+    let fleet = Arc::new(TestFleet::default());
+    fleet.set.store(Arc::new(set(&[instance("a")])));
+    let response = ops(fleet).handle(&Method::GET, "/", &HeaderMap::new());
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains(r#""id":"a""#));
+}
+
+#[tokio::test]
 async fn unknown_paths_and_methods_are_json_errors() {
     let ops = ops(Arc::new(TestFleet::default()));
     let (status, content_type, body) = call(&ops, Method::GET, "/api/tags").await;
@@ -136,6 +150,10 @@ async fn unknown_paths_and_methods_are_json_errors() {
 
     let (status, _, body) = call(&ops, Method::POST, "/readyz").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        call(&ops, Method::POST, "/").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
     assert!(body["error"].as_str().unwrap().contains("only GET"));
 }
 
@@ -160,7 +178,7 @@ async fn with_keys_the_fleet_views_need_an_admin_key_and_health_stays_open() {
         );
         headers
     };
-    for path in ["/metrics", "/v1/mesh/nodes"] {
+    for path in ["/", "/metrics", "/v1/mesh/nodes"] {
         let (status, _, body) = call(&ops, Method::GET, path).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
         assert!(body["error"]

@@ -24,10 +24,10 @@ use self::body::content_type;
 pub use self::body::Response;
 pub use self::control::stats_json;
 use self::error::{ApiError, Flavor};
-use crate::scheduler::SchedError;
 pub use self::host::HostCheck;
 use crate::app::App;
 use crate::faults::{Arrival, HealthMode};
+use crate::scheduler::SchedError;
 use crate::stats::{self, InFlight};
 
 /// What a path names, before the method is checked.

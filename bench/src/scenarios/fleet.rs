@@ -1,0 +1,301 @@
+//! Workloads 4 and 5, the fleet as users see it: two fast nodes and a slow one, five models
+//! that do not all fit in one GPU, multi-turn conversations whose model mix shifts halfway,
+//! Poisson arrivals at a share of the fleet's capacity. The simulators run ten times faster
+//! than real time; times are reported as they would be on real GPUs.
+//!
+//! The failure variant sends the same conversations unstreamed at 70 % of capacity, kills a
+//! fast node a third of the way in and makes the slow one refuse work (Ollama's 503) halfway.
+
+use std::time::Duration;
+
+use crate::load::{self, Arrivals, LoadResult, LoadSpec};
+use crate::peers::{self, PeerError, PeerKind, PeerSetup};
+use crate::report::{ms, Chart, Section, Table};
+
+use super::fleets::realistic_node;
+use super::overhead::configurations;
+use super::sims::SimFleet;
+use super::workloads::Conversations;
+use super::{failed_section, Context, Findings, Goal};
+
+/// Simulated seconds per real second.
+const TIME_SCALE: f64 = 0.1;
+/// What the fleet serves at steady state, in requests per real second: about 4 on each fast
+/// node (four slots, about a second per answer) and 1 on the slow one; loads and the larger
+/// models of the second half take some of it.
+const CAPACITY: f64 = 7.0;
+/// Goodput counts answers whose first token came within this (real time).
+const TTFT_TARGET: Duration = Duration::from_secs(2);
+
+/// Which of the two workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Workload 4: steady fleet, streamed answers.
+    Steady,
+    /// Workload 5: a node killed and one refusing work, unstreamed answers.
+    Failures,
+}
+
+struct Measured {
+    kind: PeerKind,
+    load: f64,
+    result: LoadResult,
+    loads: u64,
+    cache_hit_rate: f64,
+}
+
+/// Runs the workload on every peer (each against a fresh fleet).
+pub async fn run(context: &Context, variant: Variant) -> Findings {
+    let heading = match variant {
+        Variant::Steady => "4. Fleet realism: a heterogeneous fleet under shifting conversations",
+        Variant::Failures => "5. Failures under load: a node killed, another refusing work",
+    };
+    let loads: Vec<f64> = match variant {
+        Variant::Steady => context.pick(vec![0.6, 0.9], vec![0.8]),
+        Variant::Failures => vec![0.7],
+    };
+    let duration = context.period(30, 10);
+    let models = Conversations::models();
+    let mut measured = Vec::new();
+    let mut skipped = Vec::new();
+    let mut configs = Vec::new();
+    for kind in PeerKind::ALL.into_iter().filter(|k| *k != PeerKind::Direct) {
+        for &share in &loads {
+            let nodes: Vec<(String, String)> =
+                [("fast-1", true), ("fast-2", true), ("slow-1", false)]
+                    .iter()
+                    .map(|(name, fast)| {
+                        (
+                            name.to_string(),
+                            realistic_node(name, *fast, &models, TIME_SCALE),
+                        )
+                    })
+                    .collect();
+            let mut fleet = match SimFleet::start(context, &nodes).await {
+                Ok(fleet) => fleet,
+                Err(error) => return failed_section(heading, error),
+            };
+            let setup = PeerSetup {
+                backends: fleet.addrs(),
+                workers: 1,
+                cpus: context.cores.system.clone(),
+                work_dir: context
+                    .work_dir
+                    .join(format!("fleet-{variant:?}-{kind:?}-{share}")),
+                // LiteLLM gets a group for this one and a wildcard group for the others.
+                model: models[0].to_owned(),
+                router_bin: context.bins.router.clone(),
+            };
+            let peer = match peers::start(kind, &setup).await {
+                Ok(peer) => peer,
+                Err(PeerError::Unavailable(reason)) => {
+                    skipped.push(format!("{kind}: {reason}"));
+                    break;
+                }
+                Err(error) => {
+                    skipped.push(format!("{kind}: {error}"));
+                    break;
+                }
+            };
+            if share == loads[0] {
+                configs.push((kind.to_string(), peer.config.clone()));
+            }
+            let rate = share * CAPACITY / TIME_SCALE;
+            let expected = (rate * duration.as_secs_f64()) as u64;
+            let stream = variant == Variant::Steady;
+            let mut conversations = Conversations::new(42, expected / 2, stream);
+            let spec = LoadSpec {
+                base_url: peer.url.clone(),
+                arrivals: Arrivals::Open { per_second: rate },
+                duration,
+                ramp: Duration::ZERO,
+                request_timeout: Duration::from_secs(60),
+                stall_after: Duration::from_secs(5),
+                max_in_flight: 2_048,
+                bearer: peer.bearer.clone(),
+            };
+            let traffic = load::run(&spec, move |n| conversations.next(n));
+            let result = if variant == Variant::Failures {
+                let (result, ()) = tokio::join!(traffic, inject_failures(&mut fleet, duration));
+                result
+            } else {
+                traffic.await
+            };
+            let prompt = fleet.total("prompt_tokens").await.max(1);
+            measured.push(Measured {
+                kind,
+                load: share,
+                cache_hit_rate: fleet.total("cached_prompt_tokens").await as f64 / prompt as f64,
+                loads: fleet.total("loads").await,
+                result,
+            });
+            peer.stop().await;
+        }
+    }
+    Findings {
+        goals: goals(variant, &measured),
+        section: section(heading, variant, &measured, &skipped, &configs, duration),
+    }
+}
+
+/// A node killed under load: no non-streamed request fails through the router.
+fn goals(variant: Variant, measured: &[Measured]) -> Vec<Goal> {
+    let router = measured.iter().find(|m| m.kind == PeerKind::Router);
+    match (variant, router) {
+        (Variant::Failures, Some(router)) => {
+            let summary = router.result.summary();
+            let failed = summary.failed + summary.dropped;
+            vec![Goal {
+                goal: "node killed under load: 0 failed non-streamed requests",
+                measured: format!("{failed} failed of {}", router.result.outcomes.len()),
+                met: failed == 0,
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Kills `fast-2` a third of the way in and makes `slow-1` answer 503 from halfway.
+async fn inject_failures(fleet: &mut SimFleet, duration: Duration) {
+    tokio::time::sleep(duration / 3).await;
+    fleet.nodes_mut()[1].kill().await;
+    tokio::time::sleep(duration / 2 - duration / 3).await;
+    if let Err(error) = fleet.nodes()[2]
+        .set_faults(serde_json::json!({"busy": true}))
+        .await
+    {
+        tracing::warn!(%error, "could not make slow-1 refuse work");
+    }
+}
+
+/// Real-time equivalent of a simulated duration.
+fn real(d: Duration) -> Duration {
+    d.div_f64(TIME_SCALE)
+}
+
+fn section(
+    heading: &str,
+    variant: Variant,
+    measured: &[Measured],
+    skipped: &[String],
+    configs: &[(String, String)],
+    duration: Duration,
+) -> Section {
+    let mut table = Table {
+        columns: [
+            "system",
+            "load",
+            "requests",
+            "failed",
+            "latency mean / p99",
+            "TTFT mean / p99",
+            "goodput (TTFT ≤ 2 s)",
+            "cold loads",
+            "prompt cache hits",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: Vec::new(),
+    };
+    let mut goodput_bars = Vec::new();
+    for m in measured {
+        let summary = m.result.summary();
+        let sent = m.result.outcomes.len().max(1);
+        let good = m
+            .result
+            .outcomes
+            .iter()
+            .filter(|o| o.ok() && o.first_byte.is_some_and(|t| real(t) <= TTFT_TARGET))
+            .count();
+        let goodput = good as f64 / sent as f64;
+        goodput_bars.push((
+            format!("{} @{:.0}%", m.kind, m.load * 100.0),
+            goodput * 100.0,
+        ));
+        table.rows.push(vec![
+            m.kind.to_string(),
+            format!("{:.0} %", m.load * 100.0),
+            sent.to_string(),
+            (summary.failed + summary.dropped).to_string(),
+            format!(
+                "{} / {}",
+                ms(real(summary.latency.mean)),
+                ms(real(summary.latency.p99))
+            ),
+            format!(
+                "{} / {}",
+                ms(real(summary.first_byte.mean)),
+                ms(real(summary.first_byte.p99))
+            ),
+            format!("{:.1} %", goodput * 100.0),
+            m.loads.to_string(),
+            format!("{:.1} %", m.cache_hit_rate * 100.0),
+        ]);
+    }
+    let charts = vec![
+        Chart::LatencyCdf {
+            title: "Time to first token (real-time equivalent)".into(),
+            file_stem: format!("fleet-{variant:?}-ttft").to_lowercase(),
+            series: measured
+                .iter()
+                .map(|m| {
+                    let ttft = m
+                        .result
+                        .outcomes
+                        .iter()
+                        .filter_map(|o| o.first_byte.filter(|_| o.ok()).map(real))
+                        .collect();
+                    (format!("{} @{:.0}%", m.kind, m.load * 100.0), ttft)
+                })
+                .collect(),
+        },
+        Chart::Bars {
+            title: "Goodput: answers with a first token within 2 s".into(),
+            file_stem: format!("fleet-{variant:?}-goodput").to_lowercase(),
+            y_label: "% of requests".into(),
+            bars: goodput_bars,
+        },
+    ];
+    let mut text = format!(
+        "Simulated fleet: two RTX 4090 nodes (4 parallel slots) and one RTX 3090 node at half \
+         the speed (2 slots), 24 GiB each, every one with five models on disk (llama3.2:3b, \
+         qwen2.5:7b, mistral:7b, gemma2:9b, qwen2.5:14b; not all fit in memory at once), \
+         realistic decode/prefill speeds and NVMe load times. 64 open multi-turn conversations \
+         (4 turns, each resending its history, 32–160 answer tokens) as \
+         `/v1/chat/completions`{}, the model mix shifting halfway from small to larger models. \
+         Poisson arrivals at the given share of about {CAPACITY} requests/s of capacity, for \
+         {} of simulated time ({} real, the simulators running {}× faster); all times below \
+         are real-time equivalents. Load balancers that do not know models (nginx, HAProxy, \
+         LiteLLM's least-busy) spread each model over every node, which shows in cold loads \
+         and cache hits.\n",
+        if variant == Variant::Steady {
+            ", streamed (SSE)"
+        } else {
+            ", not streamed"
+        },
+        humantime::format_duration(real(duration)),
+        humantime::format_duration(duration),
+        1.0 / TIME_SCALE
+    );
+    if variant == Variant::Failures {
+        text.push_str(
+            "\nA third of the way in, `fast-2` is killed (SIGKILL, as a preempted machine \
+             vanishes); halfway, `slow-1` starts answering every request with Ollama's 503 \
+             \"server busy\". Failed = requests the client saw fail.\n",
+        );
+    }
+    for s in skipped {
+        text.push_str(&format!("\n- **Skipped** {s}"));
+    }
+    text.push_str(&configurations(
+        configs
+            .iter()
+            .map(|(name, config)| (name.clone(), config.as_str())),
+    ));
+    Section {
+        heading: heading.to_owned(),
+        text,
+        tables: vec![table],
+        charts,
+    }
+}
