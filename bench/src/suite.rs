@@ -71,7 +71,8 @@ fn machine() -> String {
                 .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_owned()))
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = output("nproc", &[]).unwrap_or_else(|| "?".into());
+    // `--all`: the bench itself runs pinned to one core.
+    let cores = output("nproc", &["--all"]).unwrap_or_else(|| "?".into());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {

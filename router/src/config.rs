@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::backend_tls::BackendTls;
 use crate::keygen::KeygenArgs;
-use crate::static_fleet::StaticBackend;
+use crate::static_fleet::{PollConfig, StaticBackend};
 use crate::tls::{TlsError, TlsFiles};
 
 /// One Ollama endpoint for a whole fleet of GPU nodes.
@@ -86,6 +86,11 @@ pub struct Settings {
     #[arg(long = "backend", env = "OLLAMA_MESH_BACKEND", value_delimiter = ',')]
     #[serde(rename = "backend")]
     pub backends: Vec<String>,
+
+    /// How often the router reads each --backend's version, models on disk and models loaded
+    /// (its view of them is at most this old). [default: 2s]
+    #[arg(long, env = "OLLAMA_MESH_BACKEND_POLL_INTERVAL")]
+    pub backend_poll_interval: Option<String>,
 
     /// Consul's HTTP API (overrides CONSUL_HTTP_ADDR). [default: CONSUL_HTTP_ADDR, else
     /// 127.0.0.1:8500]
@@ -271,6 +276,8 @@ pub struct RouterConfig {
     pub service_name: String,
     /// Static backends; empty means discovery through Consul.
     pub static_backends: Vec<StaticBackend>,
+    /// How often static backends are read.
+    pub backend_poll_interval: Duration,
     /// The Consul client configuration (used for discovery, drain keys and self-registration).
     pub consul: ClientConfig,
     /// Time limits.
@@ -345,6 +352,9 @@ impl Settings {
             } else {
                 overrides.backends
             },
+            backend_poll_interval: overrides
+                .backend_poll_interval
+                .or(self.backend_poll_interval),
             consul_addr: overrides.consul_addr.or(self.consul_addr),
             connect_timeout: overrides.connect_timeout.or(self.connect_timeout),
             read_timeout: overrides.read_timeout.or(self.read_timeout),
@@ -436,6 +446,17 @@ impl RouterConfig {
             }
             static_backends.push(backend);
         }
+        let backend_poll_interval = timeout(
+            "backend-poll-interval",
+            settings.backend_poll_interval.as_deref(),
+            PollConfig::default().interval,
+        )?;
+        if settings.backend_poll_interval.is_some() && static_backends.is_empty() {
+            return Err(invalid(
+                "backend-poll-interval",
+                "applies to --backend URLs; nodes discovered in Consul report themselves",
+            ));
+        }
         let backend_tls = backend_tls(
             &static_backends,
             settings.backend_tls.unwrap_or(false),
@@ -518,6 +539,7 @@ impl RouterConfig {
             ops_listen,
             service_name,
             static_backends,
+            backend_poll_interval,
             consul,
             timeouts,
             retries: settings.retries.unwrap_or(DEFAULT_RETRIES),
@@ -544,7 +566,11 @@ impl RouterConfig {
             format!("discovered in Consul (service {:?})", self.service_name)
         } else {
             let urls: Vec<&str> = self.static_backends.iter().map(|b| b.url()).collect();
-            format!("static: {}", urls.join(", "))
+            format!(
+                "static: {} (read every {})",
+                urls.join(", "),
+                humantime::format_duration(self.backend_poll_interval)
+            )
         };
         format!(
             "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \

@@ -73,7 +73,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         Arc::new(StaticFleet::start(
             config.static_backends.clone(),
-            PollConfig::default(),
+            PollConfig {
+                interval: config.backend_poll_interval,
+                ..PollConfig::default()
+            },
             config.backend_tls.as_ref(),
         ))
     };

@@ -133,6 +133,10 @@ pub struct PeerSetup {
     pub model: String,
     /// The `ollama-mesh-router` binary (a release build).
     pub router_bin: PathBuf,
+    /// Simulated seconds per real second of the nodes (1.0 for real time). A peer's own
+    /// periodic work (the router reading its backends every 2 s) is scaled to match, so that
+    /// its view of the nodes is as fresh as it would be in front of real ones.
+    pub time_scale: f64,
 }
 
 /// A started peer; stopped (its whole process tree killed) on drop if not [`RunningPeer::stop`]ped.

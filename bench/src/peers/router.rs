@@ -6,6 +6,9 @@ use std::time::Duration;
 use super::{Launch, PeerError, PeerSetup, READ_TIMEOUT_SECS};
 use crate::procs;
 
+/// The router's default interval for reading static backends.
+const ROUTER_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) fn launch(setup: &PeerSetup, port: u16) -> Result<Launch, PeerError> {
     let program = setup.router_bin.clone();
     if !procs::is_executable(&program) {
@@ -33,6 +36,13 @@ pub(super) fn launch(setup: &PeerSetup, port: u16) -> Result<Launch, PeerError> 
         "--read-timeout".to_owned(),
         format!("{READ_TIMEOUT_SECS}s"),
     ]);
+    if setup.time_scale < 1.0 {
+        let interval = ROUTER_POLL_INTERVAL.mul_f64(setup.time_scale.max(0.01));
+        args.extend([
+            "--backend-poll-interval".to_owned(),
+            format!("{}ms", interval.as_millis()),
+        ]);
+    }
     Ok(Launch {
         version_command: vec![program.display().to_string(), "--version".into()],
         program,

@@ -107,6 +107,7 @@ async fn every_installed_peer_routes_chat_to_the_nodes() {
         work_dir: work_dir.clone(),
         model: "m".to_owned(),
         router_bin: router_bin(),
+        time_scale: 1.0,
     };
     let mut ran = Vec::new();
     for kind in PeerKind::ALL {

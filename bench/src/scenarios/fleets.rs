@@ -73,6 +73,9 @@ vram = "24GiB"
 num_parallel = {slots}
 max_queue = 512
 keep_alive = "5m"
+# OLLAMA_CONTEXT_LENGTH=8192, as operators of 24 GiB cards set it: Ollama's default there
+# (32k) gives every runner a KV cache so large that only one model fits at a time.
+context_length = 8192
 # NVMe-class reads: a 7B model loads in about 3 s, a 14B one in about 5 s.
 disk_speed = "2GB"
 load_overhead = "1s"

@@ -58,6 +58,7 @@ pub async fn run(context: &Context) -> Findings {
             work_dir: context.work_dir.join(format!("overhead-{kind:?}")),
             model: MODEL.to_owned(),
             router_bin: context.bins.router.clone(),
+            time_scale: 1.0,
         };
         match peers::start(kind, &setup).await {
             Ok(peer) => measured.push(measure(context, peer, &rates).await),
@@ -89,16 +90,25 @@ fn goals(measured: &[Measured]) -> Vec<Goal> {
             met: times >= 1.0,
         });
     }
+    // Added latency means something below saturation: at the open-loop rates both ran.
     let added = router
-        .max
-        .latency
-        .p99
-        .saturating_sub(direct.max.latency.p99);
-    goals.push(Goal {
-        goal: "small requests: p99 added over direct ≤ 1 ms",
-        measured: format!("{} at 32 connections", ms(added)),
-        met: added <= Duration::from_millis(1),
-    });
+        .rates
+        .iter()
+        .filter_map(|(rate, summary)| {
+            let (_, direct) = direct.rates.iter().find(|(r, _)| r == rate)?;
+            Some((
+                *rate,
+                summary.latency.p99.saturating_sub(direct.latency.p99),
+            ))
+        })
+        .max_by_key(|(_, added)| *added);
+    if let Some((rate, added)) = added {
+        goals.push(Goal {
+            goal: "small requests: p99 added over direct ≤ 1 ms",
+            measured: format!("at most {} (at {rate:.0} requests/s)", ms(added)),
+            met: added <= Duration::from_millis(1),
+        });
+    }
     goals
 }
 

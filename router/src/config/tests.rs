@@ -510,3 +510,25 @@ fn mesh_contradictions_name_their_flag() {
     );
     assert!(error(&[LOOPBACK, "--mesh", "--backend-tls"]).starts_with("--mesh: "));
 }
+
+#[test]
+fn static_backends_are_polled_every_two_seconds_unless_told() {
+    let default = config(&[LOOPBACK, "--backend=http://10.0.0.5:11434"]).unwrap();
+    assert_eq!(default.backend_poll_interval, Duration::from_secs(2));
+    let fast = config(&[
+        LOOPBACK,
+        "--backend=http://10.0.0.5:11434",
+        "--backend-poll-interval=200ms",
+    ])
+    .unwrap();
+    assert_eq!(fast.backend_poll_interval, Duration::from_millis(200));
+    assert!(
+        error(&[LOOPBACK, "--backend-poll-interval=1s"]).starts_with("--backend-poll-interval: ")
+    );
+    assert!(error(&[
+        LOOPBACK,
+        "--backend=http://10.0.0.5:11434",
+        "--backend-poll-interval=0s"
+    ])
+    .starts_with("--backend-poll-interval: "));
+}
