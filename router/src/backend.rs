@@ -5,6 +5,7 @@
 //! moves, and that counter is shared with the [`Backend`] built for the same instance from the
 //! next snapshot, so requests started before a change are still counted after it.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -81,6 +82,9 @@ pub struct Backend {
     id: Arc<str>,
     node: String,
     address: String,
+    /// `address` resolved when the backend was built, so requests never wait on DNS; `None`
+    /// when it does not resolve (the instance is then skipped).
+    socket_address: Option<SocketAddr>,
     state: RoutingState,
     reach: Reach,
     meta: Result<NodeMeta, MetaError>,
@@ -103,12 +107,19 @@ impl Backend {
         mesh: MeshPolicy,
     ) -> Self {
         let service = &entry.service;
+        let address = socket_address(entry.address(), service.port);
+        let resolved = resolve(&address);
+        let reach = match resolved {
+            Some(_) => mesh.reach(service.connect.native),
+            None => Reach::Skipped("the instance's address does not resolve"),
+        };
         Self {
             id: service.id.as_str().into(),
             node: entry.node.node.clone(),
-            address: socket_address(entry.address(), service.port),
+            address,
+            socket_address: resolved,
             state: routing_state(&entry.checks, service.weights, drain_reason),
-            reach: mesh.reach(service.connect.native),
+            reach,
             meta: NodeMeta::from_consul_meta(&service.meta),
             in_flight,
         }
@@ -127,6 +138,12 @@ impl Backend {
     /// Where to connect, as `host:port` (IPv6 hosts in brackets).
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Where to connect, resolved; `None` when the address does not resolve, and then
+    /// [`Backend::reach`] is [`Reach::Skipped`].
+    pub fn socket_address(&self) -> Option<SocketAddr> {
+        self.socket_address
     }
 
     /// Whether and how much the instance takes new work, by the contract's rules.
@@ -201,6 +218,18 @@ impl Backend {
     /// Requests this router has in flight on the instance.
     pub fn in_flight(&self) -> &InFlight {
         &self.in_flight
+    }
+}
+
+/// The first address `address` (`host:port`) resolves to. An IP literal is parsed without any
+/// I/O; a host name is looked up once here, as the set is built, never per request.
+fn resolve(address: &str) -> Option<SocketAddr> {
+    match address.to_socket_addrs() {
+        Ok(mut addresses) => addresses.next(),
+        Err(error) => {
+            tracing::warn!(address, %error, "an instance's address does not resolve; skipping it");
+            None
+        }
     }
 }
 

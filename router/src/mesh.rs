@@ -145,7 +145,7 @@ impl MeshClient {
     /// A TLS peer for the node at `address` that presents the router's certificate and trusts
     /// the Connect roots. The hostname is not checked (there is none to check);
     /// [`Self::check_server`] checks the SPIFFE ID instead.
-    pub fn peer(&self, address: &str) -> Result<HttpPeer, MeshError> {
+    pub fn peer(&self, address: std::net::SocketAddr) -> Result<HttpPeer, MeshError> {
         let tls = self.pingora_tls()?;
         // The SNI is the nodes' service: rustls sends none for an IP, and Pingora verifies
         // nothing at all without one.

@@ -16,6 +16,31 @@ fn address_is_the_instance_s_or_else_the_node_s() {
     assert_eq!(backend(&entry).address(), "192.168.1.7:11434");
     entry.service.address = "fd00::7".into();
     assert_eq!(backend(&entry).address(), "[fd00::7]:11434");
+    assert_eq!(
+        backend(&entry).socket_address(),
+        Some("[fd00::7]:11434".parse().unwrap())
+    );
+}
+
+#[test]
+fn a_host_name_is_resolved_once_and_one_that_does_not_resolve_is_skipped() {
+    let mut entry = instance("a").entry();
+    entry.service.address = "localhost".into();
+    let named = backend(&entry);
+    assert!(named
+        .socket_address()
+        .is_some_and(|a| a.ip().is_loopback() && a.port() == 11434));
+    assert!(named.accepts_new_work());
+
+    // `.invalid` never resolves (RFC 6761).
+    entry.service.address = "gpu-1.invalid".into();
+    let unresolved = backend(&entry);
+    assert_eq!(unresolved.socket_address(), None);
+    assert!(matches!(unresolved.reach(), Reach::Skipped(why) if why.contains("resolve")));
+    assert!(
+        !unresolved.accepts_new_work(),
+        "an instance nobody can connect to gets no work"
+    );
 }
 
 #[test]

@@ -18,16 +18,20 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The peer for `backend`, with the router's time limits.
 pub(super) fn node_peer(backend: &Backend, settings: &ProxySettings) -> Result<HttpPeer> {
-    let mut peer = match (backend.reach(), &settings.mesh) {
+    let unreachable = |reason: &str| {
+        Error::explain(
+            ErrorType::HTTPStatus(502),
+            format!("instance {} cannot be reached: {reason}", backend.id()),
+        )
+    };
+    let (Some(address), reach) = (backend.socket_address(), backend.reach()) else {
+        return Err(unreachable("its address does not resolve"));
+    };
+    let mut peer = match (reach, &settings.mesh) {
         (Reach::Mesh, Some(mesh)) => mesh
-            .peer(backend.address())
+            .peer(address)
             .map_err(|e| Error::explain(ErrorType::ConnectError, e.to_string()))?,
-        (Reach::Skipped(reason), _) => {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                format!("instance {} cannot be reached: {reason}", backend.id()),
-            ))
-        }
+        (Reach::Skipped(reason), _) => return Err(unreachable(reason)),
         (Reach::Direct | Reach::Mesh, _) => {
             let tls = settings.backend_tls.is_some();
             // With TLS the node's host is the name its certificate is verified against (an IP
@@ -37,7 +41,7 @@ pub(super) fn node_peer(backend: &Backend, settings: &ProxySettings) -> Result<H
             } else {
                 String::new()
             };
-            HttpPeer::new(backend.address(), tls, sni)
+            HttpPeer::new(address, tls, sni)
         }
     };
     peer.options.connection_timeout = Some(settings.connect_timeout);
