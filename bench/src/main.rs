@@ -95,12 +95,12 @@ async fn main() -> anyhow::Result<()> {
                 bearer: None,
             };
             let api = if openai { Api::OpenAiOnly } else { Api::Native };
-            let summary = load::run(&spec, move |_| match stream_tokens {
+            let result = load::run(&spec, move |_| match stream_tokens {
                 Some(tokens) => long_stream(&model, tokens),
                 None => small_chat(api, &model),
             })
-            .await
-            .summary();
+            .await;
+            let summary = result.summary();
             println!(
                 "ok {} failed {} dropped {} | {:.1} requests/s | latency p50 {} p99 {} max {} | \
                  first byte p50 {} p99 {} | stalled {}",
@@ -115,6 +115,9 @@ async fn main() -> anyhow::Result<()> {
                 ms(summary.first_byte.p99),
                 summary.stalled,
             );
+            for (reason, count) in result.failure_reasons().iter().take(5) {
+                println!("failed {count}× {reason}");
+            }
             Ok(())
         }
         None => {

@@ -120,4 +120,21 @@ impl LoadResult {
             stalled: kept.iter().filter(|outcome| outcome.stalled).count() as u64,
         }
     }
+
+    /// Why requests failed, most common first: each distinct reason (the client's error, else
+    /// the HTTP status) with how many requests it ended.
+    pub fn failure_reasons(&self) -> Vec<(String, u64)> {
+        let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        for outcome in self.outcomes.iter().filter(|outcome| !outcome.ok()) {
+            let reason = match (&outcome.error, outcome.status) {
+                (Some(error), _) => error.clone(),
+                (None, Some(status)) => format!("HTTP {status}"),
+                (None, None) => "no response".to_owned(),
+            };
+            *counts.entry(reason).or_default() += 1;
+        }
+        let mut reasons: Vec<(String, u64)> = counts.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        reasons
+    }
 }

@@ -478,4 +478,14 @@ fn summaries_count_successes_and_measure_only_them() {
 
     let b = result.summary_where(|outcome| outcome.label == "b");
     assert_eq!((b.ok, b.failed, b.latency.count), (0, 2, 0));
+
+    let mut more_failures = result.clone();
+    more_failures
+        .outcomes
+        .push(outcome("c", 1, Some(500), 1, 0));
+    assert_eq!(
+        more_failures.failure_reasons(),
+        vec![("HTTP 500".to_owned(), 2), ("refused".to_owned(), 1)],
+        "a status counts when the exchange completed; the client's error otherwise"
+    );
 }
