@@ -17,7 +17,7 @@ use super::fleets::realistic_node;
 use super::overhead::configurations;
 use super::sims::SimFleet;
 use super::workloads::Conversations;
-use super::{failed_section, Context, Findings, Goal};
+use super::{failed_section, failure_note, Context, Findings, Goal};
 
 /// Simulated seconds per real second.
 const TIME_SCALE: f64 = 0.1;
@@ -292,6 +292,10 @@ fn section(
     }
     for s in skipped {
         text.push_str(&format!("\n- **Skipped** {s}"));
+    }
+    for m in measured {
+        let who = format!("{} at {:.0} %", m.kind, m.load * 100.0);
+        text.push_str(&failure_note(&who, &m.result));
     }
     text.push_str(&configurations(
         configs

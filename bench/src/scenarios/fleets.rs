@@ -1,8 +1,10 @@
 //! The simulated fleets the scenarios run against, as `ollama-sim` configuration files.
 
-/// Memory for the synthetic nodes: thousands of parallel slots each take a KV cache, and these
-/// fleets measure the proxy, not the GPU.
-const SYNTHETIC_VRAM: &str = "100TB";
+/// Memory for the synthetic nodes: these fleets measure the proxy, not the GPU. Ollama sizes a
+/// runner's KV cache as context × parallel slots, and at llama3.2's full context each slot takes
+/// about 15 TB… of simulated memory, so 10 000 streaming slots need about 150 TB. A runner that
+/// did not fit would be split onto the "CPU" and decode at a quarter of the speed asked for.
+const SYNTHETIC_VRAM: &str = "1000TB";
 
 /// A node that answers at once (time scale 0): the proxy is all that is measured.
 pub fn instant_node(name: &str, model: &str, num_parallel: usize) -> String {
@@ -117,5 +119,32 @@ mod tests {
         assert!(slow.contains("time_scale = 0.1"));
         let stream = streaming_node("s", "llama3.2:3b", 10.0, 4000);
         assert!(stream.contains("time_scale = 20"));
+    }
+
+    use ollama_mesh_test_support::http;
+
+    #[tokio::test]
+    async fn the_largest_streaming_node_holds_its_model_wholly_in_vram() {
+        let config = streaming_node("s", "llama3.2:3b", 2.0, 10_000);
+        let spec = ollama_mesh_sim::NodeSpec::from_toml(&config).unwrap();
+        let node = ollama_mesh_test_support::SimNode::start(spec).await;
+        // A request without a prompt loads the model, as in Ollama.
+        let (status, _) = http::post(node.addr(), "/api/generate", r#"{"model":"llama3.2:3b"}"#)
+            .await
+            .expect("the node answers");
+        assert_eq!(status, 200, "preloading the model");
+        let (_, ps) = http::get(node.addr(), "/api/ps")
+            .await
+            .expect("the node answers");
+        let ps: serde_json::Value = serde_json::from_str(&ps).unwrap();
+        let model = &ps["models"][0];
+        assert!(
+            model["size"].as_u64().unwrap() > 100_000_000_000_000,
+            "10 000 KV caches"
+        );
+        assert_eq!(
+            model["size_vram"], model["size"],
+            "a runner split onto the CPU decodes slower than the stream rate asked for"
+        );
     }
 }

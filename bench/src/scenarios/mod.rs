@@ -157,6 +157,26 @@ pub(crate) fn failed_section(heading: &str, error: impl std::fmt::Display) -> Fi
     .into()
 }
 
+/// A list item saying why `who`'s requests failed, the most common reasons first; empty when
+/// none failed. A failure count without its cause sends readers guessing.
+pub(crate) fn failure_note(who: &str, result: &crate::load::LoadResult) -> String {
+    const SHOWN: usize = 3;
+    let reasons = result.failure_reasons();
+    if reasons.is_empty() {
+        return String::new();
+    }
+    let mut listed: Vec<String> = reasons
+        .iter()
+        .take(SHOWN)
+        .map(|(reason, count)| format!("{count}× `{reason}`"))
+        .collect();
+    if reasons.len() > SHOWN {
+        let others: u64 = reasons[SHOWN..].iter().map(|(_, count)| count).sum();
+        listed.push(format!("{others}× other reasons"));
+    }
+    format!("\n- **Why requests failed**, {who}: {}", listed.join("; "))
+}
+
 /// A table row of `label`, the sample count, p50, p99 and max.
 pub(crate) fn percentiles_row(label: &str, values: &crate::load::Percentiles) -> Vec<String> {
     use crate::report::ms;

@@ -13,7 +13,7 @@ use super::fleets::streaming_node;
 use super::overhead::configurations;
 use super::sims::SimFleet;
 use super::workloads::long_stream;
-use super::{failed_section, Context, Findings, Goal};
+use super::{failed_section, failure_note, Context, Findings, Goal};
 
 const HEADING: &str = "2. Streams: concurrent long NDJSON streams";
 const MODEL: &str = "llama3.2:3b";
@@ -26,6 +26,8 @@ struct Measured {
     summary: Summary,
     rss_idle_kib: Option<u64>,
     rss_kib: Option<u64>,
+    /// Why its failed requests failed (see [`failure_note`]).
+    failures: String,
 }
 
 /// Runs the workload on every peer with Ollama's native API.
@@ -115,6 +117,7 @@ pub async fn run(context: &Context) -> Findings {
                 summary,
                 rss_idle_kib,
                 rss_kib,
+                failures: failure_note(&format!("{kind}, {streams} streams"), &result),
             });
             peer.stop().await;
         }
@@ -232,6 +235,9 @@ fn section(
     );
     for s in skipped {
         text.push_str(&format!("\n- **Skipped** {s}"));
+    }
+    for m in measured {
+        text.push_str(&m.failures);
     }
     text.push_str(&configurations(
         configs

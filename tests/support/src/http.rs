@@ -15,6 +15,11 @@ pub async fn put(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, Strin
     send(addr, "PUT", path, body).await
 }
 
+/// POSTs `body` to `path` on `addr`, like [`get`].
+pub async fn post(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    send(addr, "POST", path, body).await
+}
+
 async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
