@@ -19,11 +19,6 @@ use ollama_mesh_router::tls::ServerTls;
 use ollama_mesh_router::{ops, Discovery, Fleet};
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Requests allocate many small short-lived buffers (headers, bodies, futures), which
-/// mimalloc's thread-local free lists serve in a fraction of glibc malloc's time.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// How often readiness is checked before `READY=1` is sent to systemd.
 const READY_POLL: Duration = Duration::from_millis(100);
 

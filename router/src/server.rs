@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
@@ -116,7 +117,15 @@ pub fn serve(
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     match &options.tls {
         Some(tls) => service.add_tls_with_settings(&options.listen, None, tls.settings()),
-        None => service.add_tcp(&options.listen),
+        // Pingora's 64 KiB read buffer per client connection earns its keep under TLS (small
+        // record reads); over plain HTTP reads go straight into Pingora's own request buffers,
+        // and a held stream costs that much less memory.
+        None => service.add_listener(ListenerConfig::tcp(options.listen.as_str()).l4_buffer(
+            L4BufferSettings {
+                read: Some(0),
+                write: None,
+            },
+        )),
     }
     server.add_service(service);
     server.bootstrap();
