@@ -100,14 +100,25 @@ fn main() -> anyhow::Result<()> {
     // On loopback the ops endpoints serve the local host's agents; beyond it they need keys.
     let ops_keys =
         (config.keys.required() && !config.ops_listen.ip().is_loopback()).then(|| keys.clone());
-    control.spawn(ops::serve(
-        ops_listener,
-        fleet.clone(),
-        Metrics::new(),
-        ops_keys,
-        std::future::pending(),
-    ));
-    tracing::info!(%ops_addr, "ops endpoints: /metrics /healthz /readyz /v1/mesh/nodes");
+    // The ops endpoints and systemd's READY=1 wait until the proxy accepts connections.
+    let listen = config.listen;
+    let ops_fleet = fleet.clone();
+    let ready_fleet = fleet.clone();
+    let ready_notifier = notifier.clone();
+    control.spawn(async move {
+        server::until_accepting(listen).await;
+        tracing::info!(%listen, %ops_addr, "accepting; ops endpoints: /metrics /healthz /readyz /v1/mesh/nodes");
+        tokio::join!(
+            ops::serve(
+                ops_listener,
+                ops_fleet,
+                Metrics::new(),
+                ops_keys,
+                std::future::pending(),
+            ),
+            notify_when_ready(ready_fleet, ready_notifier),
+        );
+    });
 
     let registration = config
         .register
@@ -115,7 +126,6 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("cannot build the router's Consul registration")?
         .map(|service| SelfRegistration::start(consul.clone(), service));
-    control.spawn(notify_when_ready(fleet.clone(), notifier.clone()));
     control.spawn(stop_on_signal(shutdown.clone(), registration, notifier)?);
 
     let _follow_tls_files = tls.as_ref().map(|tls| tls.follow_files());

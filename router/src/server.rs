@@ -7,6 +7,7 @@
 //! a busy one lets its streams finish. Requests that arrive meanwhile are still served, so a
 //! router that is being replaced drops nothing.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -24,6 +26,10 @@ use crate::tls::ServerTls;
 
 /// How often a draining router checks whether its requests have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How often [`until_accepting`] tries the proxy's listener.
+const ACCEPT_POLL: Duration = Duration::from_millis(10);
+/// How long [`until_accepting`] waits before it warns that the listener is not up.
+const ACCEPT_WARN_AFTER: Duration = Duration::from_secs(5);
 
 /// Where and how to serve.
 #[derive(Debug, Clone)]
@@ -138,6 +144,29 @@ pub fn serve(
     });
 }
 
+/// Waits until `listen`, the proxy's address, accepts TCP connections (an unspecified address is
+/// tried on loopback). Pingora binds it on its own threads once [`serve`] runs, so anything that
+/// tells the world the router is ready (`/readyz`, systemd's `READY=1`) waits for this first:
+/// a load balancer must never be told to send clients to a port that refuses them.
+pub async fn until_accepting(listen: SocketAddr) {
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(match listen {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let started = Instant::now();
+    let mut warned = false;
+    while TcpStream::connect(target).await.is_err() {
+        if !warned && started.elapsed() >= ACCEPT_WARN_AFTER {
+            tracing::warn!(%listen, waited = ?ACCEPT_WARN_AFTER, "the proxy does not accept connections on --listen yet");
+            warned = true;
+        }
+        tokio::time::sleep(ACCEPT_POLL).await;
+    }
+}
+
 struct DrainThenStop {
     requested: watch::Receiver<bool>,
     active: ActiveRequests,
@@ -165,3 +194,6 @@ impl ShutdownSignalWatch for DrainThenStop {
         ShutdownSignal::GracefulTerminate
     }
 }
+
+#[cfg(test)]
+mod tests;
