@@ -227,7 +227,8 @@ fn resolve(address: &str) -> Option<SocketAddr> {
     match address.to_socket_addrs() {
         Ok(mut addresses) => addresses.next(),
         Err(error) => {
-            tracing::warn!(address, %error, "an instance's address does not resolve; skipping it");
+            // Sets are rebuilt often; `discovery` logs the skipped instance once, as it appears.
+            tracing::debug!(address, %error, "an instance's address does not resolve");
             None
         }
     }

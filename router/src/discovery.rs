@@ -155,6 +155,7 @@ fn log_changes(previous: &BackendSet, next: &BackendSet) {
                 node = backend.node(),
                 address = backend.address(),
                 state = ?backend.state(),
+                reach = ?backend.reach(),
                 meta_error = ?backend.meta().err(),
                 "instance appeared"
             ),
