@@ -293,6 +293,32 @@ async fn a_dead_node_costs_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_s_answer_says_its_connection_closes() {
+    // The router does not reuse a client's connection after a failure; a client not told so
+    // would send its next request on a connection that is about to close, and see a reset.
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let router = Router::start(
+        vec![entry("dead", dead, &["llama3.2:3b"], &[], 1)],
+        settings(),
+    )
+    .await;
+    let answer = post(
+        &router.url("/api/generate"),
+        json!({"model": "llama3.2:3b", "prompt": "hi", "stream": false}),
+    )
+    .await;
+    assert_eq!(answer.status, 503, "every node tried: {:?}", answer.body);
+    assert_eq!(
+        answer
+            .headers
+            .get(http::header::CONNECTION)
+            .map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    assert!(answer.json()["error"].is_string(), "Ollama's error shape");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_node_is_skipped() {
     // A node answering Ollama's "server busy" before any byte.
     let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

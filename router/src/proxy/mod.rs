@@ -759,6 +759,9 @@ impl ProxyHttp for MeshProxy {
             _ => format!("the Ollama backend failed: {e}"),
         };
         if code > 0 {
+            // The connection is not reused after a failure (below): say so in the answer, or a
+            // client would send its next request on a connection about to close.
+            session.set_keepalive(None);
             let written = if session.response_written().is_some() {
                 // Mid-stream: end the stream with an error line the client's parser understands.
                 session
