@@ -24,8 +24,8 @@ impl InFlight {
         self.0.load(Ordering::Relaxed)
     }
 
-    /// Counts one more request. Paired with [`InFlight::release`] by
-    /// [`crate::select::InFlightGuard`], never called on its own.
+    /// Counts one more request. Paired with [`InFlight::release`] by [`InFlightGuard`], never
+    /// called on its own.
     pub(crate) fn acquire(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -33,6 +33,32 @@ impl InFlight {
     /// Counts one request as finished.
     pub(crate) fn release(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one request on a backend for as long as it lives, so every way a request ends
+/// (success, error, client gone, panic) releases the count.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    backend: Arc<Backend>,
+}
+
+impl InFlightGuard {
+    /// Counts a request on `backend`.
+    pub fn new(backend: Arc<Backend>) -> Self {
+        backend.in_flight().acquire();
+        Self { backend }
+    }
+
+    /// The backend the request is counted on.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.backend.in_flight().release();
     }
 }
 
@@ -196,6 +222,13 @@ impl Backend {
         self.meta
             .as_ref()
             .is_ok_and(|meta| meta.models_loaded.contains(model))
+    }
+
+    /// Requests one loaded model serves at once there (Ollama's `OLLAMA_NUM_PARALLEL`, Meta's
+    /// `parallel_slots`), at least one (Meta that does not say still serves one at a time).
+    pub fn slots(&self) -> usize {
+        let slots = self.meta.as_ref().map_or(0, |meta| meta.parallel_slots);
+        usize::try_from(slots).unwrap_or(usize::MAX).max(1)
     }
 
     /// Requests the node serves at once: its parallel slots per GPU times its GPUs, at least

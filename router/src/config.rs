@@ -28,6 +28,7 @@ use serde::Deserialize;
 
 use crate::backend_tls::BackendTls;
 use crate::keygen::KeygenArgs;
+use crate::schedule::{Policy, ScheduleSettings};
 use crate::static_fleet::{PollConfig, StaticBackend};
 use crate::tls::{TlsError, TlsFiles};
 
@@ -109,6 +110,26 @@ pub struct Settings {
     /// Other backends tried when one fails before anything was sent to the client. [default: 2]
     #[arg(long, env = "OLLAMA_MESH_RETRIES")]
     pub retries: Option<u32>,
+
+    /// Scheduling policy: least-outstanding, queue, residency, affinity or learned (each adds
+    /// one idea to the one before; see the README). [default: learned]
+    #[arg(long, env = "OLLAMA_MESH_SCHEDULE")]
+    pub schedule: Option<String>,
+
+    /// Most requests waiting at the router for a slot at once; beyond it requests are
+    /// answered 503 with Retry-After. [default: 1000]
+    #[arg(long, env = "OLLAMA_MESH_QUEUE_MAX")]
+    pub queue_max: Option<usize>,
+
+    /// Longest a request waits at the router for a slot before it is answered 503 with
+    /// Retry-After. [default: 60s]
+    #[arg(long, env = "OLLAMA_MESH_QUEUE_TIMEOUT")]
+    pub queue_timeout: Option<String>,
+
+    /// Requests one loaded model serves at once on each --backend (its OLLAMA_NUM_PARALLEL;
+    /// nodes discovered in Consul say so in Meta). [default: 1]
+    #[arg(long, env = "OLLAMA_MESH_SLOTS")]
+    pub slots: Option<u32>,
 
     /// Proxy worker threads. [default: all cores]
     #[arg(long, env = "OLLAMA_MESH_THREADS")]
@@ -278,12 +299,14 @@ pub struct RouterConfig {
     pub static_backends: Vec<StaticBackend>,
     /// How often static backends are read.
     pub backend_poll_interval: Duration,
+    /// Parallel slots of each static backend.
+    pub slots: u32,
     /// The Consul client configuration (used for discovery, drain keys and self-registration).
     pub consul: ClientConfig,
     /// Time limits.
     pub timeouts: Timeouts,
-    /// Retries before the first byte.
-    pub retries: u32,
+    /// The scheduling policy, the router's queue, and retries before the first byte.
+    pub schedule: ScheduleSettings,
     /// Proxy worker threads.
     pub threads: NonZeroUsize,
     /// How long in-flight requests may finish at shutdown.
@@ -359,6 +382,10 @@ impl Settings {
             connect_timeout: overrides.connect_timeout.or(self.connect_timeout),
             read_timeout: overrides.read_timeout.or(self.read_timeout),
             retries: overrides.retries.or(self.retries),
+            schedule: overrides.schedule.or(self.schedule),
+            queue_max: overrides.queue_max.or(self.queue_max),
+            queue_timeout: overrides.queue_timeout.or(self.queue_timeout),
+            slots: overrides.slots.or(self.slots),
             threads: overrides.threads.or(self.threads),
             grace_period: overrides.grace_period.or(self.grace_period),
             enable_management: overrides.enable_management.or(self.enable_management),
@@ -409,6 +436,7 @@ impl RouterConfig {
     pub fn validate(settings: Settings, consul_env: ConsulSettings) -> Result<Self, ConfigError> {
         let backends_are_static = !settings.backends.is_empty();
         let mesh = mesh(&settings, backends_are_static)?;
+        let schedule = schedule(&settings)?;
         let consul = consul_env
             .overridden_by(ConsulSettings {
                 http_addr: settings.consul_addr.clone(),
@@ -457,6 +485,16 @@ impl RouterConfig {
                 "applies to --backend URLs; nodes discovered in Consul report themselves",
             ));
         }
+        let slots =
+            match settings.slots {
+                Some(0) => return Err(invalid("slots", "must be at least 1")),
+                Some(_) if static_backends.is_empty() => return Err(invalid(
+                    "slots",
+                    "applies to --backend URLs; nodes discovered in Consul report parallel_slots",
+                )),
+                Some(n) => n,
+                None => 1,
+            };
         let backend_tls = backend_tls(
             &static_backends,
             settings.backend_tls.unwrap_or(false),
@@ -540,9 +578,10 @@ impl RouterConfig {
             service_name,
             static_backends,
             backend_poll_interval,
+            slots,
             consul,
             timeouts,
-            retries: settings.retries.unwrap_or(DEFAULT_RETRIES),
+            schedule,
             threads,
             grace_period,
             enable_management: settings.enable_management.unwrap_or(false),
@@ -574,7 +613,8 @@ impl RouterConfig {
         };
         format!(
             "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \
-             retries {}; threads {}; grace period {}; max body {} bytes; max header {} bytes; \
+             schedule {} (queue {} for at most {}); retries {}; threads {}; grace period {}; \
+             max body {} bytes; max header {} bytes; \
              client timeout {}; max connections {}; TLS {}; TLS to the nodes {}; mesh {}; \
              management {}; self-registration {}; log format {:?}; API keys {}",
             self.listen,
@@ -587,7 +627,10 @@ impl RouterConfig {
             },
             humantime::format_duration(self.timeouts.connect),
             humantime::format_duration(self.timeouts.read),
-            self.retries,
+            self.schedule.policy,
+            self.schedule.queue_max,
+            humantime::format_duration(self.schedule.queue_timeout),
+            self.schedule.retries,
             self.threads,
             humantime::format_duration(self.grace_period),
             self.max_body_size,
@@ -635,6 +678,38 @@ impl RouterConfig {
             },
         )
     }
+}
+
+/// The scheduler's settings: `--schedule`, `--queue-max`, `--queue-timeout`, `--retries`.
+fn schedule(settings: &Settings) -> Result<ScheduleSettings, ConfigError> {
+    let defaults = ScheduleSettings::default();
+    let policy = match settings.schedule.as_deref() {
+        Some(name) => name
+            .parse::<Policy>()
+            .map_err(|e| invalid("schedule", e.to_string()))?,
+        None => defaults.policy,
+    };
+    let queue_max = match settings.queue_max {
+        Some(0) => {
+            return Err(invalid(
+                "queue-max",
+                "must be at least 1 (with no queue, use --schedule least-outstanding)",
+            ))
+        }
+        Some(n) => n,
+        None => defaults.queue_max,
+    };
+    let queue_timeout = timeout(
+        "queue-timeout",
+        settings.queue_timeout.as_deref(),
+        defaults.queue_timeout,
+    )?;
+    Ok(ScheduleSettings {
+        policy,
+        queue_max,
+        queue_timeout,
+        retries: settings.retries.unwrap_or(DEFAULT_RETRIES) as usize,
+    })
 }
 
 /// TLS to the nodes is one setting for the whole fleet (Pingora and the router's own clients

@@ -102,6 +102,7 @@ impl NewKey {
             concurrency: args.concurrency,
             expires: args.expires.clone(),
             enabled: true,
+            priority: None,
         };
         // Refuse now what the router would refuse later.
         entry

@@ -1,6 +1,7 @@
 //! `ollama-mesh-router`: one Ollama endpoint for the whole fleet. It learns the fleet from
-//! Consul alone and sends each request to an instance that has the model, preferring one that
-//! has it loaded and is least busy.
+//! Consul alone and schedules each request onto the node where it will start soonest: one with
+//! the model loaded and a free slot, holding the request at the router while waiting for such a
+//! node is cheaper than loading the model elsewhere.
 //!
 //! # Layout
 //!
@@ -13,9 +14,10 @@
 //! * [`fleet`]: the [`Fleet`] trait over backend sources (Consul discovery, static URLs).
 //! * [`proxy`]: the Pingora proxy ([`proxy::MeshProxy`]): routing, streaming, retries, fleet views.
 //! * [`server`]: running the proxy on Pingora with a draining shutdown ([`server::serve`]).
-//! * [`select`]: the choice of a backend for one request, and the guard that counts the
-//!   request on it ([`select::choose`], [`InFlightGuard`]). Pure, so it is tested without a
-//!   network.
+//! * [`schedule`]: which node serves each request and when ([`schedule::Scheduler`]): candidates,
+//!   slots per node and model, the queue at the router, residency, conversation affinity,
+//!   learned costs, priorities and the retry budget. Its decisions are pure functions of the
+//!   set and its memory, so every rule is tested without a network, on a virtual clock.
 //! * [`config`]: flags, `OLLAMA_MESH_*` variables and the `--config` file, validated into one
 //!   [`config::RouterConfig`].
 //! * [`static_fleet`]: the [`Fleet`] of `--backend URL`s, polled by the router itself
@@ -47,7 +49,7 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy;
 pub mod registration;
-pub mod select;
+pub mod schedule;
 pub mod server;
 pub mod static_fleet;
 pub mod tls;
@@ -56,7 +58,8 @@ pub mod tls;
 mod testing;
 
 pub use backend::Backend;
+pub use backend::InFlightGuard;
 pub use backend_set::BackendSet;
 pub use discovery::Discovery;
 pub use fleet::Fleet;
-pub use select::{InFlightGuard, SelectError};
+pub use schedule::{ScheduleError, Scheduler};

@@ -16,7 +16,7 @@ use ollama_mesh_router::registration::{RouterService, SelfRegistration};
 use ollama_mesh_router::server::{self, ActiveRequests, ServeOptions, Shutdown};
 use ollama_mesh_router::static_fleet::{PollConfig, StaticFleet};
 use ollama_mesh_router::tls::ServerTls;
-use ollama_mesh_router::{ops, Discovery, Fleet};
+use ollama_mesh_router::{ops, Discovery, Fleet, Scheduler};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often readiness is checked before `READY=1` is sent to systemd.
@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             config.static_backends.clone(),
             PollConfig {
                 interval: config.backend_poll_interval,
+                slots: config.slots,
                 ..PollConfig::default()
             },
             config.backend_tls.as_ref(),
@@ -103,6 +104,9 @@ fn main() -> anyhow::Result<()> {
     // The ops endpoints and systemd's READY=1 wait until the proxy accepts connections.
     let listen = config.listen;
     let ops_fleet = fleet.clone();
+    // One scheduler places every request and shows what it knows on the ops endpoints.
+    let scheduler = Scheduler::new(fleet.clone(), config.schedule.clone());
+    let ops_scheduler = scheduler.clone();
     let ready_fleet = fleet.clone();
     let ready_notifier = notifier.clone();
     control.spawn(async move {
@@ -112,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             ops::serve(
                 ops_listener,
                 ops_fleet,
+                ops_scheduler,
                 Metrics::new(),
                 ops_keys,
                 std::future::pending(),
@@ -137,7 +142,7 @@ fn main() -> anyhow::Result<()> {
     let settings = ProxySettings {
         connect_timeout: config.timeouts.connect,
         read_timeout: config.timeouts.read,
-        retries: config.retries as usize,
+        schedule: config.schedule.clone(),
         max_body_size: usize::try_from(config.max_body_size).unwrap_or(usize::MAX),
         enable_management: config.enable_management,
         client_timeout: config.client_timeout,
@@ -151,14 +156,15 @@ fn main() -> anyhow::Result<()> {
         tls,
         threads: config.threads.get(),
         grace_period: config.grace_period,
-        max_attempts: config.retries as usize + 1,
+        max_attempts: config.schedule.retries + 1,
+        max_header_size: usize::try_from(config.max_header_size).unwrap_or(usize::MAX),
         backend_ca: config
             .backend_tls
             .as_ref()
             .and_then(|tls| tls.ca_file())
             .map(Into::into),
     };
-    let proxy = MeshProxy::new(fleet, settings, active.clone());
+    let proxy = MeshProxy::with_scheduler(fleet, scheduler, settings, active.clone());
     let proxy = if config.keys.required() {
         proxy.with_keys(keys)
     } else {

@@ -24,6 +24,8 @@ use prometheus::{
     IntCounterVec, IntGaugeVec, TextEncoder,
 };
 
+use crate::schedule::learned::Learned;
+use crate::schedule::Priority;
 use crate::BackendSet;
 
 /// Request and first-byte latencies: 5 ms (a cached `/api/tags`) to 600 s (a long generation
@@ -68,6 +70,10 @@ struct Families {
     watch_last_index: IntGaugeVec,
     watch_since_contact: prometheus::GaugeVec,
     watch_connected: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    queue_wait: HistogramVec,
+    queue_shed: IntCounterVec,
+    learned: prometheus::GaugeVec,
     /// The `(node, instance)` label sets `in_flight` has, so those of instances that left the
     /// fleet are removed rather than reported forever.
     in_flight_labels: Mutex<HashSet<(String, String)>>,
@@ -164,6 +170,31 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         "ollama_mesh_consul_watch_connected",
         "1 while each watch's last query succeeded, 0 while Consul is unreachable.",
         &["watch"]
+    )
+    .expect(REGISTERED),
+    queue_depth: register_int_gauge_vec!(
+        "ollama_mesh_queue_depth",
+        "Requests waiting at the router for a slot, by model and priority.",
+        &["model", "priority"]
+    )
+    .expect(REGISTERED),
+    queue_wait: register_histogram_vec!(
+        "ollama_mesh_queue_wait_seconds",
+        "Time requests waited at the router before a node took them.",
+        &["model", "priority"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect(REGISTERED),
+    queue_shed: register_int_counter_vec!(
+        "ollama_mesh_queue_shed_total",
+        "Requests refused by the router's queue: full (over --queue-max), timeout (over --queue-timeout) or priority (shed for more important work).",
+        &["model", "priority", "reason"]
+    )
+    .expect(REGISTERED),
+    learned: prometheus::register_gauge_vec!(
+        "ollama_mesh_learned",
+        "Costs the scheduler learned per instance and model: prefill_tokens_per_second, decode_tokens_per_second, load_seconds, service_seconds.",
+        &["instance", "model", "figure"]
     )
     .expect(REGISTERED),
     in_flight_labels: Mutex::new(HashSet::new()),
@@ -284,6 +315,48 @@ impl Metrics {
             let _ = families.in_flight.remove_label_values(&[node, instance]);
         }
         *known = current;
+    }
+
+    /// Counts `delta` requests more (or fewer) waiting for `model` at `priority`.
+    pub fn queue_changed(&self, model: Option<&str>, priority: Priority, delta: i64) {
+        self.families()
+            .queue_depth
+            .with_label_values(&[model.unwrap_or("none"), priority.name()])
+            .add(delta);
+    }
+
+    /// Records how long a request for `model` waited at the router before a node took it.
+    pub fn queue_wait(&self, model: Option<&str>, priority: Priority, waited: Duration) {
+        self.families()
+            .queue_wait
+            .with_label_values(&[model.unwrap_or("none"), priority.name()])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Counts a request the queue refused, for `reason` (`full`, `timeout`, `priority`).
+    pub fn queue_shed(&self, model: Option<&str>, priority: Priority, reason: &str) {
+        self.families()
+            .queue_shed
+            .with_label_values(&[model.unwrap_or("none"), priority.name(), reason])
+            .inc();
+    }
+
+    /// Publishes what the scheduler learned of `model` on `instance`.
+    pub fn learned(&self, instance: &str, model: &str, learned: &Learned) {
+        let gauge = &self.families().learned;
+        let figures = [
+            ("prefill_tokens_per_second", learned.prefill_tps.get()),
+            ("decode_tokens_per_second", learned.decode_tps.get()),
+            ("load_seconds", learned.load_seconds.get()),
+            ("service_seconds", learned.service_seconds.get()),
+        ];
+        for (figure, value) in figures {
+            if let Some(value) = value {
+                gauge
+                    .with_label_values(&[instance, model, figure])
+                    .set(value);
+            }
+        }
     }
 
     /// Sets the Consul watch metrics from each named watch's status.

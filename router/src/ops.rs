@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
+use crate::schedule::Scheduler;
 use crate::Fleet;
 use nodes::ChangeLog;
 
@@ -54,6 +55,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// What the ops endpoints read.
 struct Ops {
     fleet: Arc<dyn Fleet>,
+    scheduler: Arc<Scheduler>,
     metrics: Metrics,
     changes: ChangeLog,
     /// Keys for the fleet-describing endpoints; `None` leaves them open.
@@ -68,12 +70,14 @@ struct Ops {
 pub async fn serve(
     listener: TcpListener,
     fleet: Arc<dyn Fleet>,
+    scheduler: Arc<Scheduler>,
     metrics: Metrics,
     keys: Option<KeyStore>,
     shutdown: impl Future<Output = ()>,
 ) {
     let ops = Arc::new(Ops {
         fleet,
+        scheduler,
         metrics,
         changes: ChangeLog::default(),
         keys,
@@ -171,7 +175,7 @@ impl Ops {
     fn nodes(&self) -> Vec<nodes::NodeReport> {
         let set = self.fleet.backends();
         self.changes.update(&set);
-        self.changes.describe(&set)
+        self.changes.describe(&set, &self.scheduler)
     }
 
     /// The answer to a request for `path` without an admin key, when keys are required.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::net::TcpStream;
@@ -24,6 +25,8 @@ use tokio::time::Instant;
 use crate::proxy::MeshProxy;
 use crate::tls::ServerTls;
 
+/// HTTP/2's header list limit is never set below Pingora's default.
+const H2_MIN_HEADER_LIST: usize = 64 << 10;
 /// How often a draining router checks whether its requests have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// How often [`until_accepting`] tries the proxy's listener.
@@ -44,6 +47,9 @@ pub struct ServeOptions {
     pub grace_period: Duration,
     /// Upper bound on attempts per request (first try plus retries).
     pub max_attempts: usize,
+    /// The router's limit on a request head (`--max-header-size`): HTTP/2's own limit is set
+    /// above it, so the router's 431, with its explanation, is what clients get.
+    pub max_header_size: usize,
     /// The PEM CA bundle Pingora trusts for the nodes' certificates, with TLS to the nodes
     /// (`--backend-ca`); `None` leaves Pingora's default, the system's roots. Must be valid
     /// UTF-8 and loadable (the configuration checks both): Pingora panics on a bad file.
@@ -121,6 +127,17 @@ pub fn serve(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    if let Some(app) = service.app_logic_mut() {
+        // HTTP/2 counts 32 bytes more per header than the router does; with the same limit,
+        // h2's own 431 (no body) would answer before the router's.
+        let mut h2 = default_h2_options();
+        let limit = options
+            .max_header_size
+            .saturating_mul(2)
+            .max(H2_MIN_HEADER_LIST);
+        h2.max_header_list_size(u32::try_from(limit).unwrap_or(u32::MAX));
+        app.h2_options = Some(h2);
+    }
     match &options.tls {
         Some(tls) => service.add_tls_with_settings(&options.listen, None, tls.settings()),
         // Pingora's 64 KiB read buffer per client connection earns its keep under TLS (small

@@ -103,8 +103,9 @@ impl StaticBackend {
 
     /// Its health entry for the latest reading: `last_good` describes it (models, version);
     /// `error` says why the latest poll failed, if it did.
-    fn entry(&self, last_good: Option<&Reading>, error: Option<&str>) -> ServiceEntry {
+    fn entry(&self, last_good: Option<&Reading>, error: Option<&str>, slots: u32) -> ServiceEntry {
         let meta = NodeMeta {
+            parallel_slots: slots,
             models_on_disk: ModelList::new(last_good.map_or(&[][..], |r| &r.models_on_disk)),
             models_loaded: ModelList::new(last_good.map_or(&[][..], |r| &r.models_loaded)),
             ollama_version: last_good.map(|r| r.version.clone()),
@@ -152,6 +153,8 @@ pub struct PollConfig {
     pub interval: Duration,
     /// Longest one backend may take to answer all three reads.
     pub timeout: Duration,
+    /// Parallel slots of each backend (`--slots`; Ollama does not report them).
+    pub slots: u32,
 }
 
 impl Default for PollConfig {
@@ -161,6 +164,7 @@ impl Default for PollConfig {
         Self {
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
+            slots: 1,
         }
     }
 }
@@ -269,7 +273,10 @@ async fn poll(
         }
         let entries: Vec<ServiceEntry> = polled
             .iter()
-            .map(|p| p.backend.entry(p.last_good.as_ref(), p.error.as_deref()))
+            .map(|p| {
+                p.backend
+                    .entry(p.last_good.as_ref(), p.error.as_deref(), config.slots)
+            })
             .collect();
         // An unchanged fleet is not republished: readers keep the same set.
         if published.as_ref() != Some(&entries) {

@@ -142,3 +142,41 @@ pub(crate) fn set(instances: &[Instance]) -> BackendSet {
     let entries: Vec<ServiceEntry> = instances.iter().map(Instance::entry).collect();
     BackendSet::build(&entries, &[], &BackendSet::default(), MeshPolicy::default())
 }
+
+/// A fleet whose set can be swapped, for tests of what follows the fleet.
+#[derive(Default)]
+pub(crate) struct TestFleet(std::sync::Mutex<std::sync::Arc<BackendSet>>);
+
+impl TestFleet {
+    /// A fleet holding `set`.
+    pub(crate) fn new(set: BackendSet) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(std::sync::Mutex::new(std::sync::Arc::new(set))))
+    }
+
+    /// Replaces the set with one built from `instances`, carrying in-flight counters over.
+    pub(crate) fn rebuild(&self, instances: &[Instance]) {
+        let mut current = self.0.lock().unwrap();
+        let entries: Vec<ServiceEntry> = instances.iter().map(Instance::entry).collect();
+        let next = BackendSet::build(&entries, &[], &current, MeshPolicy::default());
+        *current = std::sync::Arc::new(next);
+    }
+}
+
+impl crate::Fleet for TestFleet {
+    fn backends(&self) -> std::sync::Arc<BackendSet> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn watches(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        std::sync::Arc<ollama_mesh_consul::watch::WatchStatus>,
+    )> {
+        Vec::new()
+    }
+}

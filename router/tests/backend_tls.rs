@@ -108,7 +108,10 @@ async fn a_node_certificate_from_an_untrusted_ca_is_refused() {
     let router = Router::with_backend_tls(
         vec![entry("a", forwarder, &[MODEL], &[], 1)],
         ProxySettings {
-            retries: 0,
+            schedule: ollama_mesh_router::schedule::ScheduleSettings {
+                retries: 0,
+                ..Default::default()
+            },
             ..tls_settings(&dir, &other.pem)
         },
     )
@@ -143,6 +146,7 @@ async fn https_static_backends_are_polled_over_tls() {
     let poll = PollConfig {
         interval: Duration::from_millis(100),
         timeout: Duration::from_secs(2),
+        slots: 1,
     };
     let fleet = StaticFleet::start(vec![backend], poll, Some(&tls));
     fleet.ready().await;

@@ -12,8 +12,8 @@ use ollama_mesh_consul::health::CheckStatus;
 use ollama_mesh_consul::kv::WriteCondition;
 use ollama_mesh_consul::watch::WatchConfig;
 use ollama_mesh_consul::{Client, ConsulSettings};
-use ollama_mesh_router::select::choose;
-use ollama_mesh_router::{BackendSet, Discovery, SelectError};
+use ollama_mesh_router::schedule::candidates::candidates as schedulable;
+use ollama_mesh_router::{BackendSet, Discovery, InFlightGuard, ScheduleError};
 use ollama_mesh_test_support::ConsulDev;
 
 use common::{heartbeat, sidecar_registration};
@@ -71,18 +71,13 @@ async fn wait_for(
     }
 }
 
-/// The instances a request for `MODEL` can be sent to, by trying until all are tried.
+/// The instances a request for `MODEL` can be sent to.
 fn candidates(set: &BackendSet) -> Vec<String> {
-    let mut rng = fastrand::Rng::with_seed(1);
-    let mut tried = Vec::new();
-    loop {
-        match choose(set, Some(MODEL), &tried, &mut rng) {
-            Ok(guard) => tried.push(guard.backend().id().clone()),
-            Err(SelectError::AllTried { .. } | SelectError::NoneAvailable) => break,
-            Err(error) => panic!("unexpected: {error}"),
-        }
-    }
-    let mut ids: Vec<String> = tried.iter().map(ToString::to_string).collect();
+    let mut ids: Vec<String> = match schedulable(set, Some(MODEL), &[]) {
+        Ok(found) => found.iter().map(|b| b.id().to_string()).collect(),
+        Err(ScheduleError::NoneAvailable) => Vec::new(),
+        Err(error) => panic!("unexpected: {error}"),
+    };
     ids.sort();
     ids
 }
@@ -145,13 +140,7 @@ async fn maintenance_drain_keys_and_failing_checks_stop_new_work_within_a_second
     wait_for(&discovery, REACTION, "both instances published", both).await;
 
     // A counter survives every rebuild below.
-    let held = choose(
-        &discovery.backends(),
-        None,
-        &["ollama-b-2".into()],
-        &mut fastrand::Rng::new(),
-    )
-    .unwrap();
+    let held = InFlightGuard::new(discovery.backends().get("ollama-a-1").unwrap().clone());
     assert_eq!(&**held.backend().id(), "ollama-a-1");
 
     client

@@ -113,7 +113,8 @@ async fn serve_ops(fleet: Arc<dyn Fleet>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(ops::serve(
         listener,
-        fleet,
+        fleet.clone(),
+        ollama_mesh_router::Scheduler::new(fleet, Default::default()),
         Metrics::new(),
         None,
         std::future::pending(),

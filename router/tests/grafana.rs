@@ -198,7 +198,8 @@ async fn every_dashboard_metric_is_exported_by_the_router() {
     let fleet: Arc<dyn Fleet> = discovery;
     tokio::spawn(ops::serve(
         listener,
-        fleet,
+        fleet.clone(),
+        ollama_mesh_router::Scheduler::new(fleet, Default::default()),
         Metrics::new(),
         None,
         std::future::pending(),

@@ -123,7 +123,10 @@ async fn mesh_router(
 
 fn settings_for_mesh() -> ProxySettings {
     ProxySettings {
-        retries: 1,
+        schedule: ollama_mesh_router::schedule::ScheduleSettings {
+            retries: 1,
+            ..Default::default()
+        },
         ..settings()
     }
 }

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 const POLL: PollConfig = PollConfig {
     interval: Duration::from_millis(100),
     timeout: Duration::from_millis(500),
+    slots: 1,
 };
 
 /// The fleet gauges are process-wide, like the router's one fleet; tests in this binary run in
@@ -44,9 +45,16 @@ impl OpsServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ops::serve(listener, fleet, Metrics::new(), None, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(ops::serve(
+            listener,
+            fleet.clone(),
+            ollama_mesh_router::Scheduler::new(fleet, Default::default()),
+            Metrics::new(),
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             stop: Some(stop),

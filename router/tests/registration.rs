@@ -57,7 +57,8 @@ async fn the_router_registers_stays_registered_and_leaves() {
     let fleet = Arc::new(StaticFleet::start(Vec::new(), PollConfig::default(), None));
     let ops_server = tokio::spawn(ops::serve(
         ops_listener,
-        fleet,
+        fleet.clone(),
+        ollama_mesh_router::Scheduler::new(fleet, Default::default()),
         Metrics::new(),
         None,
         std::future::pending(),

@@ -2,7 +2,7 @@ use ollama_mesh_consul::contract::{MetaError, RoutingState};
 use ollama_mesh_consul::health::CheckStatus;
 
 use super::*;
-use crate::testing::instance;
+use crate::testing::{instance, set};
 
 fn backend(entry: &ServiceEntry) -> Backend {
     Backend::from_entry(entry, None, InFlight::default(), MeshPolicy::default())
@@ -175,4 +175,26 @@ fn the_mesh_policy_decides_how_each_instance_is_reached() {
     let meshed = Backend::from_entry(&entry, None, InFlight::default(), mesh);
     assert!(meshed.accepts_new_work());
     assert_eq!(meshed.host_header(), "localhost");
+}
+
+#[test]
+fn the_guard_counts_the_request_until_dropped() {
+    let set = set(&[instance("a")]);
+    let a = set.get("a").unwrap();
+    let guard = InFlightGuard::new(a.clone());
+    assert_eq!(a.in_flight().get(), 1);
+    let second = InFlightGuard::new(a.clone());
+    assert_eq!(a.in_flight().get(), 2);
+    drop(guard);
+    assert_eq!(a.in_flight().get(), 1);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _held = second;
+        panic!("request handler failed");
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(
+        a.in_flight().get(),
+        0,
+        "a panicking request releases its count"
+    );
 }

@@ -50,7 +50,7 @@ fn defaults_are_the_documented_ones() {
             read: Duration::from_secs(600),
         }
     );
-    assert_eq!(config.retries, 2);
+    assert_eq!(config.schedule.retries, 2);
     assert_eq!(
         config.threads,
         std::thread::available_parallelism().unwrap()
@@ -100,7 +100,7 @@ fn every_flag_is_read() {
             read: Duration::from_secs(900),
         }
     );
-    assert_eq!(config.retries, 0);
+    assert_eq!(config.schedule.retries, 0);
     assert_eq!(config.threads.get(), 3);
     assert_eq!(config.grace_period, Duration::from_secs(120));
     assert!(config.enable_management);
@@ -167,7 +167,7 @@ fn the_file_gives_defaults_that_flags_override() {
     );
     assert_eq!(config.service_name, "from-file");
     assert_eq!(config.static_backends.len(), 2);
-    assert_eq!(config.retries, 5);
+    assert_eq!(config.schedule.retries, 5);
     assert_eq!(config.max_body_size, 1 << 30);
     assert_eq!(config.log_format, LogFormat::Json);
     assert_eq!(config.timeouts.read, Duration::from_secs(30));

@@ -10,6 +10,8 @@ use std::time::SystemTime;
 use ollama_mesh_consul::contract::meta::canonical_model_name;
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::Priority;
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +47,10 @@ pub struct KeyEntry {
     /// `false` refuses the key without deleting its entry.
     #[serde(default = "enabled", skip_serializing_if = "is_true")]
     pub enabled: bool,
+    /// The priority of the key's requests (`critical`, `standard`, `sheddable`), and the
+    /// highest its `X-Ollama-Mesh-Priority` header may ask for; `standard` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 fn is_user(scope: &Scope) -> bool {
@@ -104,6 +110,8 @@ pub struct ApiKey {
     pub expires: Option<SystemTime>,
     /// Whether the key works at all.
     pub enabled: bool,
+    /// The priority of its requests, and the highest it may ask for.
+    pub priority: Priority,
 }
 
 impl KeyEntry {
@@ -139,6 +147,7 @@ impl KeyEntry {
             concurrency: self.concurrency,
             expires,
             enabled: self.enabled,
+            priority: self.priority.unwrap_or_default(),
         })
     }
 }
@@ -301,6 +310,7 @@ mod tests {
             concurrency: None,
             expires: None,
             enabled: true,
+            priority: None,
         };
         assert_eq!(
             serde_json::to_string(&entry).unwrap(),

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::backend::Reach;
 use crate::metrics::state_name;
+use crate::schedule::{ModelReport, Scheduler};
 use crate::{Backend, BackendSet};
 
 /// What a change is judged on: where the instance is, its routing state and its Meta. The
@@ -78,7 +79,7 @@ impl ChangeLog {
     }
 
     /// The `/v1/mesh/nodes` answer for `set` (which [`ChangeLog::update`] has seen).
-    pub(super) fn describe(&self, set: &BackendSet) -> Vec<NodeReport> {
+    pub(super) fn describe(&self, set: &BackendSet, scheduler: &Scheduler) -> Vec<NodeReport> {
         let inner = self
             .inner
             .lock()
@@ -91,7 +92,7 @@ impl ChangeLog {
                     .seen
                     .get(&key)
                     .map_or_else(SystemTime::now, |(_, since)| *since);
-                NodeReport::new(backend, since)
+                NodeReport::new(backend, since, scheduler.report(backend))
             })
             .collect()
     }
@@ -114,6 +115,9 @@ pub(super) struct NodeReport {
     skipped_because: Option<&'static str>,
     in_flight: usize,
     capacity: usize,
+    /// Per model: this router's requests in flight and the slots, residency, requests waiting,
+    /// and what the scheduler learned.
+    scheduling: Vec<ModelReport>,
     models: Option<Models>,
     gpu: Option<Gpu>,
     parallel_slots: Option<u32>,
@@ -164,7 +168,7 @@ struct Versions {
 }
 
 impl NodeReport {
-    fn new(backend: &Backend, since: SystemTime) -> Self {
+    fn new(backend: &Backend, since: SystemTime, scheduling: Vec<ModelReport>) -> Self {
         let state = backend.state();
         let reason = match state {
             RoutingState::Active { .. } => None,
@@ -191,6 +195,7 @@ impl NodeReport {
             },
             in_flight: backend.in_flight().get(),
             capacity: backend.capacity(),
+            scheduling,
             models: meta.map(|m| Models {
                 on_disk: (&m.models_on_disk).into(),
                 loaded: (&m.models_loaded).into(),

@@ -33,6 +33,7 @@ impl Fleet for TestFleet {
 
 fn ops(fleet: Arc<TestFleet>) -> Ops {
     Ops {
+        scheduler: crate::Scheduler::new(fleet.clone(), Default::default()),
         fleet,
         metrics: Metrics::new(),
         changes: ChangeLog::default(),

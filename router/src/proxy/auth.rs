@@ -12,6 +12,7 @@ use pingora::http::RequestHeader;
 
 use super::route::normalize;
 use crate::keys::{ApiKey, Denied, KeyStore};
+use crate::schedule::Priority;
 
 /// Paths that change a node's disk: Ollama's management endpoints.
 const ADMIN_PATHS: [&str; 5] = [
@@ -54,6 +55,18 @@ impl Caller {
     /// Whether the caller is limited to some models (and so must name one).
     pub fn is_model_restricted(&self) -> bool {
         matches!(self, Self::Key(key) if key.models.is_some())
+    }
+
+    /// The priority of a request that asked for `asked` (its `X-Ollama-Mesh-Priority`): what it
+    /// asked, else its key's; a key's priority is also the highest its requests may ask for,
+    /// except with an admin key. Without keys every caller is trusted with any priority.
+    pub fn priority(&self, asked: Option<Priority>) -> Priority {
+        match self {
+            Self::Anonymous => asked.unwrap_or_default(),
+            Self::Key(key) if key.is_admin() => asked.unwrap_or(key.priority),
+            // Lower in the order is more important: a request may only ask for less.
+            Self::Key(key) => asked.map_or(key.priority, |asked| asked.max(key.priority)),
+        }
     }
 
     /// The key, if one was presented.

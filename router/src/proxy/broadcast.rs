@@ -14,24 +14,31 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::body::BodyBuffer;
 use super::fanout::NodeAnswer;
-use super::route::Management;
+use super::respond::{respond_error, respond_with};
+use super::route::{Dialect, Management};
+use super::{MeshProxy, NODES_HEADER};
 use crate::Backend;
 
 /// The model a request works on that must already exist on a node: copy's `source`, delete's
-/// and push's `model`, create's `from`. `None` for pull, or when the body does not say.
+/// and push's `model` (or the deprecated `name`, which Ollama's own CLI still sends beside an
+/// empty `model`), create's `from`. `None` for pull, or when the body does not say.
 pub fn existing_model(management: Management, body: &Bytes) -> Option<String> {
-    let field = match management {
-        Management::Copy => "source",
-        Management::Delete | Management::Push => "model",
-        Management::Create => "from",
+    let fields: &[&str] = match management {
+        Management::Copy => &["source"],
+        Management::Delete | Management::Push => &["model", "name"],
+        Management::Create => &["from"],
         Management::Pull => return None,
     };
     let object = serde_json::from_slice::<Map<String, Value>>(body).ok()?;
-    object
-        .get(field)
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
+    fields
+        .iter()
+        .filter_map(|field| object.get(*field).and_then(Value::as_str))
+        .find(|model| !model.is_empty())
         .map(str::to_owned)
 }
 
@@ -156,6 +163,64 @@ fn error_text(status: StatusCode, body: &Bytes) -> String {
     }
 }
 
+impl MeshProxy {
+    /// Sends a management request to every node that takes work and answers for all of them.
+    pub(super) async fn broadcast(
+        &self,
+        session: &mut Session,
+        management: Management,
+    ) -> Result<bool> {
+        let mut buffer = BodyBuffer::new(self.settings.max_body_size);
+        while let Some(chunk) = session.read_request_body().await? {
+            if let Err(too_large) = buffer.push(&chunk) {
+                let message = format!("request body is larger than {} bytes", too_large.limit);
+                respond_error(session, Dialect::Native, 413, &message).await?;
+                return Ok(true);
+            }
+        }
+        let body = buffer.freeze();
+        let set = self.fleet.backends();
+        let existing = existing_model(management, &body);
+        let mut nodes: Vec<Arc<Backend>> = set
+            .accepting()
+            .filter(|b| existing.as_deref().is_none_or(|model| b.has_model(model)))
+            .cloned()
+            .collect();
+        if let Some(model) = &existing {
+            if nodes.is_empty() {
+                nodes = self.lookup.nodes_with(&set, model).await;
+            }
+            if nodes.is_empty() {
+                let message = not_found(management, model);
+                respond_error(session, Dialect::Native, 404, &message).await?;
+                return Ok(true);
+            }
+        }
+        let header = session.req_header();
+        let (method, path) = (header.method.clone(), header.uri.path().to_owned());
+        let body = node_body(&body);
+        let targets: Vec<&Arc<Backend>> = nodes.iter().collect();
+        let answers = self
+            .fanout
+            .send_all(&targets, &method, &path, &body, self.settings.read_timeout)
+            .await;
+        let answer = aggregate(management.label(), &targets, answers);
+        let headers = [(
+            http::HeaderName::from_static(NODES_HEADER),
+            answer.nodes.as_str(),
+        )];
+        respond_with(
+            session,
+            answer.status,
+            answer.content_type,
+            answer.body,
+            &headers,
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +249,24 @@ mod tests {
             None
         );
         assert_eq!(existing_model(Management::Copy, &body("{}")), None);
+    }
+
+    #[test]
+    fn an_empty_field_counts_as_absent() {
+        let body = |json: &str| Bytes::from(json.to_owned());
+        // `ollama rm tiny`, as Ollama's Go client sends it.
+        assert_eq!(
+            existing_model(Management::Delete, &body(r#"{"model":"","name":"tiny"}"#)).as_deref(),
+            Some("tiny")
+        );
+        assert_eq!(
+            existing_model(Management::Push, &body(r#"{"model":"","name":""}"#)),
+            None
+        );
+        assert_eq!(
+            existing_model(Management::Copy, &body(r#"{"source":""}"#)),
+            None
+        );
     }
 
     #[test]

@@ -1,27 +1,27 @@
 //! Reading generation statistics off a response as it streams past, without buffering it: the
-//! final NDJSON chunk (or the whole JSON body) carries `eval_count` and `eval_duration`.
+//! final NDJSON chunk (or the whole JSON body) carries `eval_count` and `eval_duration`, and
+//! the load and prompt timings the scheduler learns from.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::schedule::Timings;
+
 /// The longest line kept while waiting for its end; final chunks are small, so longer lines are
 /// content, not statistics.
 const MAX_LINE: usize = 64 * 1024;
-
-/// Tokens generated and the time it took, from Ollama's final chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Generated {
-    /// `eval_count`.
-    pub tokens: u64,
-    /// `eval_duration`.
-    pub duration: Duration,
-}
 
 #[derive(Deserialize)]
 struct FinalChunk {
     eval_count: u64,
     eval_duration: u64,
+    #[serde(default)]
+    load_duration: u64,
+    #[serde(default)]
+    prompt_eval_count: u64,
+    #[serde(default)]
+    prompt_eval_duration: u64,
 }
 
 /// Scans response bytes line by line for the final chunk.
@@ -29,7 +29,7 @@ struct FinalChunk {
 pub struct CompletionScanner {
     line: Vec<u8>,
     overflowed: bool,
-    found: Option<Generated>,
+    found: Option<Timings>,
 }
 
 impl CompletionScanner {
@@ -44,7 +44,7 @@ impl CompletionScanner {
     }
 
     /// The statistics, once the response has ended.
-    pub fn finish(mut self) -> Option<Generated> {
+    pub fn finish(mut self) -> Option<Timings> {
         self.finish_line();
         self.found
     }
@@ -65,9 +65,12 @@ impl CompletionScanner {
             return;
         }
         if let Ok(chunk) = serde_json::from_slice::<FinalChunk>(&line) {
-            self.found = Some(Generated {
-                tokens: chunk.eval_count,
-                duration: Duration::from_nanos(chunk.eval_duration),
+            self.found = Some(Timings {
+                load: Duration::from_nanos(chunk.load_duration),
+                prompt_tokens: chunk.prompt_eval_count,
+                prompt_duration: Duration::from_nanos(chunk.prompt_eval_duration),
+                eval_tokens: chunk.eval_count,
+                eval_duration: Duration::from_nanos(chunk.eval_duration),
             });
         }
     }
@@ -83,7 +86,7 @@ mod tests {
 
     #[test]
     fn finds_the_final_chunk_across_piece_boundaries() {
-        let stream = b"{\"response\":\"a\",\"done\":false}\n{\"response\":\"\",\"done\":true,\"eval_count\":42,\"eval_duration\":2000000000}\n";
+        let stream = b"{\"response\":\"a\",\"done\":false}\n{\"response\":\"\",\"done\":true,\"load_duration\":3000,\"prompt_eval_count\":7,\"prompt_eval_duration\":5000,\"eval_count\":42,\"eval_duration\":2000000000}\n";
         for split in [1, 10, 40, 70, stream.len()] {
             let mut scanner = CompletionScanner::default();
             for piece in stream.chunks(split) {
@@ -91,9 +94,12 @@ mod tests {
             }
             assert_eq!(
                 scanner.finish(),
-                Some(Generated {
-                    tokens: 42,
-                    duration: Duration::from_secs(2)
+                Some(Timings {
+                    load: Duration::from_micros(3),
+                    prompt_tokens: 7,
+                    prompt_duration: Duration::from_micros(5),
+                    eval_tokens: 42,
+                    eval_duration: Duration::from_secs(2),
                 }),
                 "split {split}"
             );
@@ -104,7 +110,7 @@ mod tests {
     fn a_single_json_body_without_newline_counts() {
         let mut scanner = CompletionScanner::default();
         scanner.feed(br#"{"response":"hi","done":true,"eval_count":3,"eval_duration":1000}"#);
-        assert_eq!(scanner.finish().map(|g| g.tokens), Some(3));
+        assert_eq!(scanner.finish().map(|t| t.eval_tokens), Some(3));
     }
 
     #[test]

@@ -13,11 +13,13 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::RequestContext;
+use crate::schedule::Ask;
 
 /// What the parent request learned from the body.
 #[derive(Debug, Clone)]
 pub struct Forwarded {
     pub model: Option<String>,
+    pub ask: Option<Ask>,
     pub request_id: String,
 }
 
@@ -41,6 +43,7 @@ pub async fn forward(session: &mut Session, ctx: &RequestContext, body: Bytes) -
         .body_mode(BodyMode::ExpectBody)
         .user_ctx(Box::new(Forwarded {
             model: ctx.model.clone(),
+            ask: ctx.ask.clone(),
             request_id: ctx.request_id.clone(),
         }))
         .build();

@@ -1,10 +1,14 @@
 //! The Pingora proxy: one [`ProxyHttp`] implementation, its hooks kept thin and the work done in
 //! one module per concern.
 //!
+//! * `request`: the request phase: admission, the router's own answers, reading the model and
+//!   scheduling the first attempt.
+//! * `context`: what the router knows about one request ([`RequestContext`]).
+//! * `respond`: answers the router writes itself, errors in the caller's dialect.
 //! * `route`: what a request is, from its method and normalized path.
 //! * `auth`: who the caller is (API keys) and what they may do.
 //! * `limits`: per-key rate and concurrency limits.
-//! * `body`: reading the body to learn the model, within a size limit.
+//! * `body`: reading the body to learn the model and the conversation, within a size limit.
 //! * `views`: fleet-wide `/api/tags`, `/api/ps`, `/v1/models` and `/api/version`.
 //! * `dialect`: errors as Ollama or OpenAI clients expect them.
 //! * `fanout` and `broadcast`: one request to every node, for model management without a
@@ -15,32 +19,36 @@
 //! * `lookup`: asking the nodes for a model their Meta does not list yet.
 //! * `peer`: how Pingora reaches a node (HTTP, HTTPS, or Connect mTLS in the mesh).
 //!
-//! A request that names a model is sent to a backend chosen by [`crate::select::choose`]; the
-//! choice's in-flight guard lives in the request context, so every way a request ends releases
-//! it. Requests the router does not need to understand (a bad body, an unknown path) go to any
-//! backend, so the caller gets Ollama's own answer.
+//! Which node serves a request, and when, is the [`Scheduler`]'s decision: the proxy describes
+//! the request as an [`crate::schedule::Ask`] and holds the [`crate::schedule::Permit`] it gets
+//! in the request context, so every way a request ends frees its slot. Whether a failed attempt
+//! is tried again is the scheduler's retry budget's. Requests the router does not need to
+//! understand (a bad body, an unknown path) go to any node, so the caller gets Ollama's own
+//! answer.
 
 mod auth;
 mod body;
 mod broadcast;
 mod completion;
 mod connections;
+mod context;
 mod dialect;
 mod fanout;
 mod large_body;
 mod limits;
 mod lookup;
 mod peer;
+mod request;
+mod respond;
 mod route;
 mod views;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Method, Uri};
-use ollama_mesh_consul::contract::meta::canonical_model_name;
+use http::Uri;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -50,23 +58,23 @@ use crate::backend_tls::BackendTls;
 use crate::keys::{KeyStore, API_KEY_HEADER};
 use crate::mesh::MeshClient;
 use crate::metrics::Metrics;
-use crate::select::{self, SelectError};
-use crate::server::{ActiveRequest, ActiveRequests};
-use crate::{Backend, Fleet, InFlightGuard};
-use auth::Caller;
-use body::BodyBuffer;
+use crate::schedule::{Outcome, ScheduleSettings, Scheduler};
+use crate::server::ActiveRequests;
+use crate::Fleet;
 use completion::CompletionScanner;
 use connections::{ConnectionLimit, ConnectionPermit};
+pub use context::RequestContext;
 use fanout::FanOut;
-use limits::{Limits, Slot};
+use limits::Limits;
 use lookup::Lookup;
 use ollama_mesh_connect::metrics::{self as connect_metrics, Side};
 use pingora::protocols::Digest;
+use respond::{describe, respond_error};
 // The request inspection the fuzz target (router/fuzz) drives directly.
 pub use auth::is_admin_path;
-pub use body::{model_in, ModelInBody};
+pub use body::{inspect, model_in, Conversation, Inspection, ModelInBody};
 pub use route::{encode as encode_path, normalize as normalize_path, Dialect, Management, Route};
-use views::{View, Views};
+use views::Views;
 
 /// Header naming the instance a model-management request is for.
 pub const NODE_HEADER: &str = "x-ollama-mesh-node";
@@ -77,8 +85,6 @@ pub const NODES_HEADER: &str = "x-ollama-mesh-nodes";
 /// Header carrying the request's ID to the backend and back to the client.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-const JSON: &str = "application/json; charset=utf-8";
-
 /// How requests are proxied.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -87,8 +93,8 @@ pub struct ProxySettings {
     /// Longest wait for any read from a backend: the first byte (which includes a model load)
     /// and every gap between chunks.
     pub read_timeout: Duration,
-    /// How many other backends to try when one fails before answering.
-    pub retries: usize,
+    /// How requests are scheduled: the policy, the queue, and retries.
+    pub schedule: ScheduleSettings,
     /// Largest request body accepted.
     pub max_body_size: usize,
     /// Whether model-management endpoints are served.
@@ -109,6 +115,7 @@ pub struct ProxySettings {
 /// Ollama's API for the whole fleet.
 pub struct MeshProxy {
     fleet: Arc<dyn Fleet>,
+    scheduler: Arc<Scheduler>,
     settings: ProxySettings,
     views: Views,
     fanout: FanOut,
@@ -121,50 +128,34 @@ pub struct MeshProxy {
     connections: ConnectionLimit,
 }
 
-/// What the router knows about one request.
-pub struct RequestContext {
-    route: Route,
-    caller: Caller,
-    /// The caller's concurrency slot, held while the request runs.
-    _slot: Option<Slot>,
-    model: Option<String>,
-    request_id: String,
-    /// A backend chosen before `upstream_peer` (so a missing model is answered early).
-    chosen: Option<InFlightGuard>,
-    /// The backend of the current attempt; dropping it releases its in-flight count.
-    current: Option<InFlightGuard>,
-    tried: Vec<Arc<str>>,
-    retries_left: usize,
-    started: Instant,
-    completion: Option<CompletionScanner>,
-    /// The body went to a subrequest, which proxies and accounts for it.
-    forwarded_to_subrequest: bool,
-    rng: fastrand::Rng,
-    _active: ActiveRequest,
-    /// This connection's place under the connection cap, carried across kept-alive requests.
-    connection: Option<ConnectionPermit>,
-}
-
-impl RequestContext {
-    /// The model as a metric label: only names a backend was chosen for (so label values stay
-    /// bounded by the fleet's models), `none` when the request names no model, else `unknown`.
-    fn model_label(&self) -> String {
-        match (&self.model, self.current.is_some() || self.chosen.is_some()) {
-            (None, _) => "none".to_owned(),
-            (Some(model), true) => canonical_model_name(model),
-            (Some(_), false) => "unknown".to_owned(),
-        }
+/// Tells the scheduler that the node of the current attempt failed it, so it is avoided for a
+/// while.
+fn node_failed(ctx: &mut RequestContext) {
+    if let Some(permit) = ctx.current.as_mut() {
+        permit.node_failed();
     }
 }
 
 impl MeshProxy {
     /// A proxy over `fleet`, counting its requests in `active` (for draining at shutdown).
     pub fn new(fleet: Arc<dyn Fleet>, settings: ProxySettings, active: ActiveRequests) -> Self {
+        let scheduler = Scheduler::new(fleet.clone(), settings.schedule.clone());
+        Self::with_scheduler(fleet, scheduler, settings, active)
+    }
+
+    /// A proxy over `fleet` whose requests `scheduler` places (shared with the ops endpoints).
+    pub fn with_scheduler(
+        fleet: Arc<dyn Fleet>,
+        scheduler: Arc<Scheduler>,
+        settings: ProxySettings,
+        active: ActiveRequests,
+    ) -> Self {
         let fanout = FanOut::new(settings.backend_tls.as_ref(), settings.mesh.as_deref());
         // Views and lookups are small reads; a node that cannot answer them quickly is left out.
         let node_read_timeout = settings.connect_timeout.max(Duration::from_secs(5));
         Self {
             fleet,
+            scheduler,
             views: Views::new(fanout.clone(), node_read_timeout),
             lookup: Lookup::new(fanout.clone(), node_read_timeout),
             connections: ConnectionLimit::new(settings.max_connections),
@@ -183,299 +174,21 @@ impl MeshProxy {
         self
     }
 
-    /// Lets the caller in, or answers 401 (no or a bad key), 403 (a management path without
-    /// an admin key) or 429 (the key's limits); returns whether the request is done.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-        path: &str,
-    ) -> Result<bool> {
-        if let Some(keys) = &self.keys {
-            match auth::authenticate(keys, session.req_header(), SystemTime::now()) {
-                Ok(caller) => ctx.caller = caller,
-                Err(denied) => {
-                    self.metrics.auth_denied(denied.label());
-                    let challenge = [(http::header::WWW_AUTHENTICATE, denied.challenge())];
-                    respond_error_with(
-                        session,
-                        ctx.route.dialect(),
-                        401,
-                        &denied.to_string(),
-                        &challenge,
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if auth::is_admin_path(path) && !ctx.caller.is_admin() {
-            self.metrics.auth_denied("forbidden");
-            let message = format!("{path} requires an API key with the admin scope");
-            respond_error(session, Dialect::Native, 403, &message).await?;
-            return Ok(true);
-        }
-        // A large body's subrequest runs within its parent, which holds the request's slot.
-        let Some(key) = ctx
-            .caller
-            .key()
-            .filter(|_| large_body::forwarded(session).is_none())
-        else {
-            return Ok(false);
-        };
-        match self.limits.acquire(key, Instant::now()) {
-            Ok(slot) => {
-                ctx._slot = slot;
-                Ok(false)
-            }
-            Err(limited) => {
-                let retry_after = limited.retry_after_seconds().to_string();
-                let message = limited.message(key);
-                let headers = [(http::header::RETRY_AFTER, retry_after.as_str())];
-                respond_error_with(session, ctx.route.dialect(), 429, &message, &headers).await?;
-                Ok(true)
-            }
-        }
+    /// The scheduler placing this proxy's requests.
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
     }
 
-    /// Answers what the router answers itself; returns whether the request is done.
-    async fn answer_locally(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-    ) -> Result<bool> {
-        let dialect = ctx.route.dialect();
-        let set = self.fleet.backends();
-        let view = match &ctx.route {
-            Route::Root => {
-                respond(
-                    session,
-                    200,
-                    "text/plain; charset=utf-8",
-                    Bytes::from_static(b"Ollama is running"),
-                )
-                .await?;
-                return Ok(true);
-            }
-            Route::Version => {
-                match views::fleet_version(&set) {
-                    Some(version) => {
-                        let body = serde_json::json!({ "version": version }).to_string();
-                        respond(session, 200, JSON, Bytes::from(body)).await?;
-                    }
-                    None => {
-                        respond_error(
-                            session,
-                            dialect,
-                            503,
-                            &SelectError::NoneAvailable.to_string(),
-                        )
-                        .await?
-                    }
-                }
-                return Ok(true);
-            }
-            Route::Tags => View::Tags,
-            Route::Ps => View::Ps,
-            Route::OpenAiModels => View::OpenAiModels,
-            Route::OpenAiModel(model) => {
-                ctx.model = Some(model.clone());
-                return self.choose_early(session, ctx).await;
-            }
-            Route::ModelRouted { .. } => return self.read_model(session, ctx).await,
-            Route::Management(management) => {
-                return self.management(session, ctx, *management).await
-            }
-            Route::Other
-                if ctx.caller.is_model_restricted()
-                    && !matches!(session.req_header().method, Method::GET | Method::HEAD) =>
-            {
-                // A route the router does not read could name any model (a newer Ollama API,
-                // say): a key limited to some models may only write where models are checked.
-                let message = "this API key may use only some models, and this route is not one \
-                               the router checks models on";
-                respond_error(session, dialect, 403, message).await?;
-                return Ok(true);
-            }
-            Route::Other => return Ok(false),
-        };
-        let caller = &ctx.caller;
-        let body = self
-            .views
-            .gather(view, &set, |model| caller.allows_model(model))
-            .await;
-        respond(session, 200, JSON, body).await?;
-        Ok(true)
-    }
-
-    /// Reads the body to find the model, then chooses a backend for it.
-    async fn read_model(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
-        ctx.completion = Some(CompletionScanner::default());
-        if let Some(forwarded) = large_body::forwarded(session) {
-            // The parent request read the body already and streams it to this subrequest.
-            ctx.request_id.clone_from(&forwarded.request_id);
-            ctx.model.clone_from(&forwarded.model);
-            return self.choose_early(session, ctx).await;
+    /// Whether a failed attempt of `ctx`'s request may go to another node: nothing reached the
+    /// client yet (the caller checks) and the retry budget allows it. Counts the retry under
+    /// `reason` when it may.
+    fn may_retry(&self, ctx: &mut RequestContext, reason: &str) -> bool {
+        if self.scheduler.retries().allow(&mut ctx.retries) {
+            self.metrics.retry(ctx.route.label(), reason);
+            true
+        } else {
+            false
         }
-        session.enable_retry_buffering();
-        let mut buffer = BodyBuffer::new(self.settings.max_body_size);
-        while let Some(chunk) = session.read_request_body().await? {
-            if let Err(too_large) = buffer.push(&chunk) {
-                let message = format!("request body is larger than {} bytes", too_large.limit);
-                respond_error(session, ctx.route.dialect(), 413, &message).await?;
-                return Ok(true);
-            }
-        }
-        let body = buffer.freeze();
-        if let ModelInBody::Named(model) = body::model_in(&body) {
-            ctx.model = Some(model);
-        } else if ctx.caller.is_model_restricted() {
-            // Without a model the request would go to any node, which might read one this
-            // router could not (a duplicated field, say) and run it.
-            let message =
-                "this API key may use only some models; the request must name one in a JSON body";
-            respond_error(session, ctx.route.dialect(), 400, message).await?;
-            return Ok(true);
-        }
-        if self.choose_early(session, ctx).await? {
-            return Ok(true);
-        }
-        if session.as_ref().retry_buffer_truncated() {
-            // Pingora replays at most 64 KiB of a body it has already read; a larger one goes
-            // through a subrequest fed from memory, which streams its response back here.
-            ctx.chosen = None;
-            ctx.completion = None;
-            ctx.forwarded_to_subrequest = true;
-            large_body::forward(session, ctx, body).await?;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Chooses the first backend now, so that "no such model" is answered in the caller's
-    /// dialect before anything is sent upstream.
-    async fn choose_early(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
-        if let Some(model) = ctx.model.as_deref() {
-            if !ctx.caller.allows_model(model) {
-                let message = format!("model '{model}' is not allowed for this API key");
-                respond_error(session, ctx.route.dialect(), 403, &message).await?;
-                return Ok(true);
-            }
-        }
-        let set = self.fleet.backends();
-        let error = match select::choose(&set, ctx.model.as_deref(), &ctx.tried, &mut ctx.rng) {
-            Ok(guard) => {
-                ctx.chosen = Some(guard);
-                return Ok(false);
-            }
-            Err(error) => error,
-        };
-        if let (SelectError::ModelNotFound { model, .. }, false) = (&error, set.is_empty()) {
-            // Meta may lag a model pulled or copied a moment ago: ask the nodes before a 404.
-            if let Some(node) = self.lookup.nodes_with(&set, model).await.into_iter().next() {
-                ctx.chosen = Some(InFlightGuard::new(node));
-                return Ok(false);
-            }
-        }
-        let (status, message) = describe(&error, &ctx.route);
-        respond_error(session, ctx.route.dialect(), status, &message).await?;
-        Ok(true)
-    }
-
-    /// Model management changes a node's disk: off unless enabled, and aimed at one node.
-    async fn management(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-        management: Management,
-    ) -> Result<bool> {
-        if !self.settings.enable_management {
-            let message = format!(
-                "/api/{} is disabled on this router; start it with --enable-management to allow model management",
-                management.label()
-            );
-            respond_error(session, Dialect::Native, 403, &message).await?;
-            return Ok(true);
-        }
-        self.lookup.forget_misses();
-        let target = session
-            .get_header(NODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let Some(target) = target else {
-            return self.broadcast(session, management).await;
-        };
-        let set = self.fleet.backends();
-        match set.get(&target) {
-            Some(backend) => {
-                ctx.chosen = Some(InFlightGuard::new(backend.clone()));
-                Ok(false)
-            }
-            None => {
-                respond_error(
-                    session,
-                    Dialect::Native,
-                    404,
-                    &format!("no instance {target:?} in the fleet"),
-                )
-                .await?;
-                Ok(true)
-            }
-        }
-    }
-}
-
-impl MeshProxy {
-    /// Sends a management request to every node that takes work and answers for all of them.
-    async fn broadcast(&self, session: &mut Session, management: Management) -> Result<bool> {
-        let mut buffer = BodyBuffer::new(self.settings.max_body_size);
-        while let Some(chunk) = session.read_request_body().await? {
-            if let Err(too_large) = buffer.push(&chunk) {
-                let message = format!("request body is larger than {} bytes", too_large.limit);
-                respond_error(session, Dialect::Native, 413, &message).await?;
-                return Ok(true);
-            }
-        }
-        let body = buffer.freeze();
-        let set = self.fleet.backends();
-        let existing = broadcast::existing_model(management, &body);
-        let mut nodes: Vec<Arc<Backend>> = set
-            .accepting()
-            .filter(|b| existing.as_deref().is_none_or(|model| b.has_model(model)))
-            .cloned()
-            .collect();
-        if let Some(model) = &existing {
-            if nodes.is_empty() {
-                nodes = self.lookup.nodes_with(&set, model).await;
-            }
-            if nodes.is_empty() {
-                let message = broadcast::not_found(management, model);
-                respond_error(session, Dialect::Native, 404, &message).await?;
-                return Ok(true);
-            }
-        }
-        let header = session.req_header();
-        let (method, path) = (header.method.clone(), header.uri.path().to_owned());
-        let body = broadcast::node_body(&body);
-        let targets: Vec<&Arc<Backend>> = nodes.iter().collect();
-        let answers = self
-            .fanout
-            .send_all(&targets, &method, &path, &body, self.settings.read_timeout)
-            .await;
-        let answer = broadcast::aggregate(management.label(), &targets, answers);
-        let headers = [(
-            http::HeaderName::from_static(NODES_HEADER),
-            answer.nodes.as_str(),
-        )];
-        respond_with(
-            session,
-            answer.status,
-            answer.content_type,
-            answer.body,
-            &headers,
-        )
-        .await?;
-        Ok(true)
     }
 }
 
@@ -484,23 +197,7 @@ impl ProxyHttp for MeshProxy {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> RequestContext {
-        RequestContext {
-            route: Route::Other,
-            caller: Caller::default(),
-            _slot: None,
-            model: None,
-            request_id: String::new(),
-            chosen: None,
-            current: None,
-            tried: Vec::new(),
-            retries_left: self.settings.retries,
-            started: Instant::now(),
-            completion: None,
-            forwarded_to_subrequest: false,
-            rng: fastrand::Rng::new(),
-            _active: self.active.start(),
-            connection: None,
-        }
+        RequestContext::new(self.scheduler.retries().start(), self.active.start())
     }
 
     fn on_connection_reuse(
@@ -564,7 +261,7 @@ impl ProxyHttp for MeshProxy {
             .get_header(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|id| !id.is_empty() && id.len() <= 128)
-            .map_or_else(|| format!("{:032x}", ctx.rng.u128(..)), str::to_owned);
+            .map_or_else(|| format!("{:032x}", fastrand::u128(..)), str::to_owned);
         let header = session.req_header();
         let Some(path) = route::normalize(header.uri.path()) else {
             respond_error(session, Dialect::Native, 400, "invalid request path").await?;
@@ -585,6 +282,13 @@ impl ProxyHttp for MeshProxy {
         if self.admit(session, ctx, &path).await? {
             return Ok(true);
         }
+        if ctx.route.reads_body()
+            && self
+                .refuse_declared_size(session, ctx.route.dialect())
+                .await?
+        {
+            return Ok(true);
+        }
         self.answer_locally(session, ctx).await
     }
 
@@ -593,22 +297,25 @@ impl ProxyHttp for MeshProxy {
         _session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<Box<HttpPeer>> {
-        let guard = match ctx.chosen.take() {
-            Some(guard) => guard,
+        // A retry's earlier attempt frees its slot before the next is taken.
+        ctx.current = None;
+        let permit = match ctx.chosen.take() {
+            Some(permit) => permit,
             None => {
-                let set = self.fleet.backends();
-                select::choose(&set, ctx.model.as_deref(), &ctx.tried, &mut ctx.rng).map_err(
-                    |error| {
-                        let (status, message) = describe(&error, &ctx.route);
-                        Error::explain(ErrorType::HTTPStatus(status), message)
-                    },
-                )?
+                let ask = ctx.ask.clone().unwrap_or_default();
+                self.scheduler
+                    .acquire(ask, &ctx.tried)
+                    .await
+                    .map_err(|error| {
+                        let message = describe(&error, &ctx.route);
+                        Error::explain(ErrorType::HTTPStatus(error.status()), message)
+                    })?
             }
         };
-        let backend = guard.backend();
+        let backend = permit.backend();
         ctx.tried.push(backend.id().clone());
         let peer = peer::node_peer(backend, &self.settings)?;
-        ctx.current = Some(guard);
+        ctx.current = Some(permit);
         Ok(Box::new(peer))
     }
 
@@ -669,12 +376,11 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         // Ollama's "server busy" comes before any byte of a generation: another node may have room.
-        if upstream.status.as_u16() == 503
-            && ctx.retries_left > 0
-            && ctx.tried.len() < self.fleet.backends().len()
-        {
-            ctx.retries_left -= 1;
-            self.metrics.retry(ctx.route.label(), "busy");
+        if upstream.status.as_u16() == 503 {
+            node_failed(ctx);
+        }
+        let others = ctx.tried.len() < self.fleet.backends().len();
+        if upstream.status.as_u16() == 503 && others && self.may_retry(ctx, "busy") {
             let mut error = Error::explain(ErrorType::HTTPStatus(503), "backend busy");
             error.set_retry(true);
             return Err(error);
@@ -708,9 +414,8 @@ impl ProxyHttp for MeshProxy {
         if peer.client_cert_key.is_some() && peer::is_tls_failure(&e) {
             connect_metrics::handshake(Side::Client, false);
         }
-        if ctx.retries_left > 0 {
-            ctx.retries_left -= 1;
-            self.metrics.retry(ctx.route.label(), "connect");
+        node_failed(ctx);
+        if self.may_retry(ctx, "connect") {
             tracing::warn!(request_id = %ctx.request_id, %peer, error = %e, "cannot connect to backend; trying another");
             e.set_retry(true);
         }
@@ -726,13 +431,14 @@ impl ProxyHttp for MeshProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("backend {peer}"));
+        if e.esource() == &ErrorSource::Upstream {
+            node_failed(ctx);
+        }
         // Retry only while the client has seen nothing and the body can be sent again.
-        let retriable = ctx.retries_left > 0
-            && session.response_written().is_none()
-            && !session.as_ref().retry_buffer_truncated();
+        let retriable = session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated()
+            && self.may_retry(ctx, "upstream_error");
         if retriable {
-            ctx.retries_left -= 1;
-            self.metrics.retry(ctx.route.label(), "upstream_error");
             tracing::warn!(request_id = %ctx.request_id, error = %e, "backend failed before answering; trying another");
         }
         e.set_retry(retriable);
@@ -789,11 +495,20 @@ impl ProxyHttp for MeshProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let model = ctx.model_label();
         let elapsed = ctx.started.elapsed();
-        let generated = ctx.completion.take().and_then(CompletionScanner::finish);
-        let backend = ctx.current.as_ref().map(|g| g.backend().id().clone());
-        if let (Some(generated), Some(backend)) = (generated, &backend) {
+        let timings = ctx.completion.take().and_then(CompletionScanner::finish);
+        let backend = ctx.current.as_ref().map(|p| p.backend().id().clone());
+        if let (Some(timings), Some(backend)) = (timings, &backend) {
             self.metrics
-                .tokens(&model, backend, generated.tokens, generated.duration);
+                .tokens(&model, backend, timings.eval_tokens, timings.eval_duration);
+        }
+        if let Some(permit) = ctx.current.as_mut() {
+            // What the node's answer teaches the scheduler: it answered unless the attempt
+            // failed or the node answered with a server error.
+            permit.record(Outcome {
+                answered: error.is_none() && status < 500,
+                node_failed: false,
+                timings,
+            });
         }
         // A request forwarded through a subrequest is counted there, with its backend.
         if !ctx.forwarded_to_subrequest {
@@ -811,7 +526,7 @@ impl ProxyHttp for MeshProxy {
             backend = backend.as_deref().unwrap_or(""),
             status,
             ?elapsed,
-            tokens = generated.map(|g| g.tokens),
+            tokens = timings.map(|t| t.eval_tokens),
             error = error.map(|e| e.to_string()),
             "request done"
         );
@@ -826,86 +541,4 @@ fn head_size(header: &RequestHeader) -> usize {
     header.headers.iter().fold(line, |size, (name, value)| {
         size + name.as_str().len() + value.len() + 4
     })
-}
-
-/// The status and message for a failed choice.
-///
-/// A missing model gets Ollama's own text for the route (its embedding endpoints word it
-/// differently), followed by the models the fleet does have.
-fn describe(error: &SelectError, route: &Route) -> (u16, String) {
-    match error {
-        SelectError::ModelNotFound { model, available } => {
-            let ollama_text = match route.label() {
-                "embed" | "embeddings" | "openai_embeddings" => {
-                    format!("model \"{model}\" not found, try pulling it first")
-                }
-                _ => format!("model '{model}' not found"),
-            };
-            let message = if available.is_empty() {
-                ollama_text
-            } else {
-                format!("{ollama_text}; the fleet has: {}", available.join(", "))
-            };
-            (404, message)
-        }
-        SelectError::NoneAvailable | SelectError::AllTried { .. } => (503, error.to_string()),
-    }
-}
-
-/// Writes a complete response (headers only for `HEAD`).
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    content_type: &str,
-    body: Bytes,
-) -> Result<()> {
-    respond_with(session, status, content_type, body, &[]).await
-}
-
-/// [`respond`] with extra headers. An empty `content_type` sends none, as Ollama does for its
-/// empty 200s.
-async fn respond_with(
-    session: &mut Session,
-    status: u16,
-    content_type: &str,
-    body: Bytes,
-    headers: &[(http::HeaderName, &str)],
-) -> Result<()> {
-    let head_only = session.req_header().method == Method::HEAD;
-    let mut header = ResponseHeader::build(status, Some(2 + headers.len()))?;
-    for (name, value) in headers {
-        header.insert_header(name.clone(), *value)?;
-    }
-    if !content_type.is_empty() {
-        header.insert_header(http::header::CONTENT_TYPE, content_type)?;
-    }
-    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
-}
-
-async fn respond_error(
-    session: &mut Session,
-    dialect: Dialect,
-    status: u16,
-    message: &str,
-) -> Result<()> {
-    respond_error_with(session, dialect, status, message, &[]).await
-}
-
-/// [`respond_error`] with extra headers.
-async fn respond_error_with(
-    session: &mut Session,
-    dialect: Dialect,
-    status: u16,
-    message: &str,
-    headers: &[(http::HeaderName, &str)],
-) -> Result<()> {
-    let body = dialect::error_body(dialect, status, message);
-    respond_with(session, status, JSON, body, headers).await
 }

@@ -106,6 +106,12 @@ impl Route {
         }
     }
 
+    /// Whether the router reads this route's body itself (to learn the model, or to send it to
+    /// every node), so `--max-body-size` applies to it.
+    pub fn reads_body(&self) -> bool {
+        matches!(self, Self::ModelRouted { .. } | Self::Management(_))
+    }
+
     /// The error format of this route's callers.
     pub fn dialect(&self) -> Dialect {
         match self {

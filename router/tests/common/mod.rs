@@ -91,7 +91,10 @@ pub fn settings() -> ProxySettings {
     ProxySettings {
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(30),
-        retries: 2,
+        schedule: ollama_mesh_router::schedule::ScheduleSettings {
+            retries: 2,
+            ..Default::default()
+        },
         max_body_size: 64 << 20,
         enable_management: false,
         client_timeout: Duration::from_secs(60),
@@ -147,6 +150,14 @@ impl Router {
         .await
     }
 
+    /// A router serving TLS with the proxy `build` makes (keys, say).
+    pub async fn with_tls_proxy(
+        build: impl FnOnce(ActiveRequests) -> MeshProxy,
+        tls: Arc<ServerTls>,
+    ) -> Self {
+        Self::serving(build, Some(tls), None).await
+    }
+
     /// A router over `entries` reaching them with `settings.backend_tls`, Pingora trusting the
     /// same CA bundle as the router's own clients (as `main` sets it up).
     pub async fn with_backend_tls(entries: Vec<ServiceEntry>, settings: ProxySettings) -> Self {
@@ -179,6 +190,7 @@ impl Router {
             threads: 2,
             grace_period: Duration::from_secs(10),
             max_attempts: 3,
+            max_header_size: 64 << 10,
             backend_ca,
         };
         let shutdown = Shutdown::default();

@@ -9,7 +9,11 @@ use crate::testing::{instance, set, Instance};
 
 fn report(log: &ChangeLog, set: &Arc<BackendSet>) -> Vec<Value> {
     log.update(set);
-    log.describe(set)
+    let scheduler = Scheduler::new(
+        crate::testing::TestFleet::new(BackendSet::default()),
+        Default::default(),
+    );
+    log.describe(set, &scheduler)
         .into_iter()
         .map(|node| serde_json::to_value(node).unwrap())
         .collect()

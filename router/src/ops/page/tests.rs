@@ -15,7 +15,11 @@ async fn page(set: crate::BackendSet) -> (http::HeaderMap, String) {
     let set = Arc::new(set);
     let changes = ChangeLog::default();
     changes.update(&set);
-    let response = render(&changes.describe(&set));
+    let scheduler = crate::Scheduler::new(
+        crate::testing::TestFleet::new(crate::BackendSet::default()),
+        Default::default(),
+    );
+    let response = render(&changes.describe(&set, &scheduler));
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use ollama_mesh_consul::health::CheckStatus;
 
 use super::*;
+use crate::backend::InFlightGuard;
 use crate::testing::{instance, set};
 
 fn rng() -> fastrand::Rng {
@@ -11,8 +12,10 @@ fn rng() -> fastrand::Rng {
 
 /// The instance chosen for `model`, with the guard dropped at once.
 fn pick(set: &BackendSet, model: Option<&str>, rng: &mut fastrand::Rng) -> String {
-    let guard = choose(set, model, &[], rng).expect("a backend");
-    guard.backend().id().to_string()
+    choose(set, model, &[], rng)
+        .expect("a backend")
+        .id()
+        .to_string()
 }
 
 /// How often each instance is chosen over `n` picks with nothing in flight.
@@ -55,7 +58,7 @@ fn a_missing_tag_means_latest_both_ways() {
     assert_eq!(pick(&set, Some("mistral"), &mut rng), "b");
     assert!(matches!(
         choose(&set, Some("llama3.2:1b"), &[], &mut rng),
-        Err(SelectError::ModelNotFound { .. })
+        Err(ScheduleError::ModelNotFound { .. })
     ));
 }
 
@@ -82,7 +85,7 @@ fn an_unknown_model_lists_what_the_accepting_fleet_has() {
     let error = choose(&set, Some("phi4"), &[], &mut rng()).unwrap_err();
     assert_eq!(
         error,
-        SelectError::ModelNotFound {
+        ScheduleError::ModelNotFound {
             model: "phi4".into(),
             available: vec![
                 "gemma3:4b".into(),
@@ -166,7 +169,7 @@ fn held_requests_spread_by_weight_under_load() {
     let set = set(&[instance("heavy").weight(3), instance("light").weight(1)]);
     let mut rng = rng();
     let guards: Vec<InFlightGuard> = (0..400)
-        .map(|_| choose(&set, None, &[], &mut rng).unwrap())
+        .map(|_| InFlightGuard::new(choose(&set, None, &[], &mut rng).unwrap()))
         .collect();
     let heavy = set.get("heavy").unwrap().in_flight().get();
     assert_eq!(heavy + set.get("light").unwrap().in_flight().get(), 400);
@@ -207,12 +210,12 @@ fn nothing_accepting_is_an_error_not_a_panic() {
     let mut rng = rng();
     assert_eq!(
         choose(&BackendSet::default(), None, &[], &mut rng).unwrap_err(),
-        SelectError::NoneAvailable
+        ScheduleError::NoneAvailable
     );
     let all_zero = set(&[instance("a").weight(0), instance("b").weight(0)]);
     assert_eq!(
         choose(&all_zero, Some("m"), &[], &mut rng).unwrap_err(),
-        SelectError::NoneAvailable
+        ScheduleError::NoneAvailable
     );
 }
 
@@ -226,16 +229,16 @@ fn tried_instances_are_skipped_until_none_is_left() {
     let mut rng = rng();
     let mut tried: Vec<Arc<str>> = Vec::new();
     for expected in ["a", "b"] {
-        let guard = choose(&set, Some("m"), &tried, &mut rng).unwrap();
-        assert_eq!(&**guard.backend().id(), expected);
-        tried.push(guard.backend().id().clone());
+        let backend = choose(&set, Some("m"), &tried, &mut rng).unwrap();
+        assert_eq!(&**backend.id(), expected);
+        tried.push(backend.id().clone());
     }
     assert_eq!(
         choose(&set, Some("m"), &tried, &mut rng).unwrap_err(),
-        SelectError::AllTried { tried: 2 }
+        ScheduleError::AllTried { tried: 2 }
     );
-    let guard = choose(&set, None, &tried, &mut rng).unwrap();
-    assert_eq!(&**guard.backend().id(), "c");
+    let backend = choose(&set, None, &tried, &mut rng).unwrap();
+    assert_eq!(&**backend.id(), "c");
 }
 
 #[test]
@@ -256,26 +259,4 @@ fn foreign_instances_get_no_model_requests() {
         instance("mesh").on_disk(&["m"]),
     ]);
     assert_eq!(spread(&set, Some("m"), 100).get("mesh"), Some(&100));
-}
-
-#[test]
-fn the_guard_counts_the_request_until_dropped() {
-    let set = set(&[instance("a")]);
-    let a = set.get("a").unwrap();
-    let guard = choose(&set, None, &[], &mut rng()).unwrap();
-    assert_eq!(a.in_flight().get(), 1);
-    let second = choose(&set, None, &[], &mut rng()).unwrap();
-    assert_eq!(a.in_flight().get(), 2);
-    drop(guard);
-    assert_eq!(a.in_flight().get(), 1);
-    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let _held = second;
-        panic!("request handler failed");
-    }));
-    assert!(unwound.is_err());
-    assert_eq!(
-        a.in_flight().get(),
-        0,
-        "a panicking request releases its count"
-    );
 }

@@ -1,0 +1,287 @@
+//! What the scheduler remembers about each node between requests: requests running per model,
+//! which runner it last sent each model to (so it knows a model is resident before Meta says
+//! so), the conversation prefixes each node has seen, and learned costs.
+//!
+//! Kept per instance ID across backend-set rebuilds, so a change in Consul never loses a count;
+//! an instance that left the fleet is forgotten once nothing runs on it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::ask::Residency;
+use super::learned::{Learned, Outcome};
+use crate::backend::Backend;
+use crate::backend_set::BackendSet;
+
+/// How long the router trusts its own record of a model being loaded over Meta that says
+/// otherwise: the sidecar's poll plus its Meta write interval, with room to spare.
+pub const META_LAG: Duration = Duration::from_secs(30);
+/// Models Ollama keeps loaded per GPU (`OLLAMA_MAX_LOADED_MODELS`' default).
+const MAX_LOADED_PER_GPU: usize = 3;
+/// How long a node that failed a request is avoided at first; each failure in a row doubles it.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a failing node is avoided at once.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One request holding a slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Running {
+    /// The permit's ID.
+    pub id: u64,
+    /// When it was dispatched.
+    pub since: Instant,
+}
+
+/// One model on one node.
+#[derive(Debug, Default)]
+pub struct ModelMemory {
+    /// Requests this router has running for the model there.
+    pub running: Vec<Running>,
+    /// Fingerprint of the runner options last sent there.
+    pub runner: Option<u64>,
+    /// When a request for the model was last sent there.
+    pub last_sent: Option<Instant>,
+    /// When the router last judged the model evicted there by a load of another.
+    pub evicted_at: Option<Instant>,
+    /// Conversation prefixes recently served there, most recent first.
+    pub prefixes: VecDeque<u64>,
+    /// Learned costs.
+    pub learned: Learned,
+}
+
+/// One node.
+#[derive(Debug, Default)]
+pub struct NodeMemory {
+    /// By canonical model name.
+    pub models: HashMap<String, ModelMemory>,
+    /// Requests it failed in a row.
+    pub failures: u32,
+    /// Until when it is avoided for failing (a refused connection, "server busy", a reset).
+    pub avoided_until: Option<Instant>,
+}
+
+impl NodeMemory {
+    /// Whether the node is being avoided for failing requests at `now`.
+    pub fn is_avoided(&self, now: Instant) -> bool {
+        self.avoided_until.is_some_and(|until| now < until)
+    }
+
+    /// Notes how a request ended there: a failure avoids the node for a backoff that doubles
+    /// with each failure in a row; an answer ends the streak.
+    fn note(&mut self, outcome: &Outcome, now: Instant) {
+        if outcome.node_failed {
+            self.failures = self.failures.saturating_add(1);
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << self.failures.saturating_sub(1).min(5))
+                .min(MAX_BACKOFF);
+            self.avoided_until = Some(now + backoff);
+        } else if outcome.answered {
+            self.failures = 0;
+            self.avoided_until = None;
+        }
+    }
+
+    /// Requests running on the node, all models.
+    pub fn running(&self) -> usize {
+        self.models.values().map(|m| m.running.len()).sum()
+    }
+}
+
+/// Everything remembered.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// By instance ID.
+    pub nodes: HashMap<Arc<str>, NodeMemory>,
+    /// Learned costs per model across the fleet, for nodes that have none yet.
+    pub fleet: HashMap<String, Learned>,
+    /// The set last pruned against.
+    last_set: Option<Arc<BackendSet>>,
+}
+
+impl Memory {
+    /// The model's memory on `node`, if any.
+    pub fn model(&self, node: &str, model: &str) -> Option<&ModelMemory> {
+        self.nodes.get(node)?.models.get(model)
+    }
+
+    fn model_mut(&mut self, node: &Arc<str>, model: &str) -> &mut ModelMemory {
+        self.nodes
+            .entry(node.clone())
+            .or_default()
+            .models
+            .entry(model.to_owned())
+            .or_default()
+    }
+
+    /// Forgets instances that left the fleet and have nothing running.
+    pub fn prune(&mut self, set: &Arc<BackendSet>) {
+        if self
+            .last_set
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, set))
+        {
+            return;
+        }
+        self.nodes
+            .retain(|id, node| set.get(id).is_some() || node.running() > 0);
+        self.last_set = Some(set.clone());
+    }
+
+    /// Whether `residency` is loaded on `backend`, as far as the router can tell: Meta says the
+    /// model is loaded, or the router sent it there within [`META_LAG`] (Meta has not caught
+    /// up yet) or has requests running there; and with the same runner options as last sent.
+    /// A model the router judged evicted since is not.
+    pub fn is_resident(&self, backend: &Backend, residency: &Residency, now: Instant) -> bool {
+        let meta_loaded = backend.has_loaded(&residency.model);
+        let Some(memory) = self.model(backend.id(), &residency.model) else {
+            return meta_loaded && residency.runner == 0;
+        };
+        if memory.runner.unwrap_or(0) != residency.runner {
+            return false;
+        }
+        let recent =
+            |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) < META_LAG);
+        if recent(memory.evicted_at)
+            && memory
+                .last_sent
+                .zip(memory.evicted_at)
+                .is_none_or(|(sent, evicted)| sent < evicted)
+        {
+            return false;
+        }
+        meta_loaded || !memory.running.is_empty() || recent(memory.last_sent)
+    }
+
+    /// Models resident on `backend` other than `except`, with whether each is idle (nothing of
+    /// this router's running) and when it was last sent work.
+    fn resident_others(
+        &self,
+        backend: &Backend,
+        except: &str,
+        now: Instant,
+    ) -> Vec<(String, bool, Option<Instant>)> {
+        let mut names: Vec<String> = backend
+            .meta()
+            .map(|meta| meta.models_loaded.names().to_vec())
+            .unwrap_or_default();
+        if let Some(node) = self.nodes.get(backend.id()) {
+            names.extend(node.models.keys().cloned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        names
+            .into_iter()
+            .map(|name| ollama_mesh_consul::contract::meta::canonical_model_name(&name))
+            .filter(|name| name != except && seen.insert(name.clone()))
+            .filter_map(|name| {
+                let memory = self.model(backend.id(), &name);
+                let residency = Residency {
+                    runner: memory.and_then(|m| m.runner).unwrap_or(0),
+                    model: name,
+                };
+                self.is_resident(backend, &residency, now).then(|| {
+                    let idle = memory.is_none_or(|m| m.running.is_empty());
+                    (residency.model, idle, memory.and_then(|m| m.last_sent))
+                })
+            })
+            .collect()
+    }
+
+    /// What loading a model on `backend` would displace: `None` when it fits beside what is
+    /// loaded; `Some(true)` when it would evict an idle model; `Some(false)` when every loaded
+    /// model is busy, so Ollama would make the load wait for one of them to finish.
+    pub fn eviction(&self, backend: &Backend, model: &str, now: Instant) -> Option<bool> {
+        let others = self.resident_others(backend, model, now);
+        if others.len() < max_loaded(backend) {
+            return None;
+        }
+        Some(others.iter().any(|(_, idle, _)| *idle))
+    }
+
+    /// Records a request for `residency` (or for no model) dispatched to `backend` as permit
+    /// `id`: it holds a slot, the model is now (being) loaded there with these runner options,
+    /// and the node will hold the conversation's prefix in one of its `slots` caches.
+    pub fn dispatch(
+        &mut self,
+        backend: &Backend,
+        residency: &Residency,
+        affinity: Option<u64>,
+        id: u64,
+        now: Instant,
+    ) {
+        if !self.is_resident(backend, residency, now) {
+            // Ollama evicts the least recently used idle model to make room.
+            if self.eviction(backend, &residency.model, now) == Some(true) {
+                let victim = self
+                    .resident_others(backend, &residency.model, now)
+                    .into_iter()
+                    .filter(|(_, idle, _)| *idle)
+                    .min_by_key(|(_, _, last)| *last)
+                    .map(|(name, _, _)| name);
+                if let Some(victim) = victim {
+                    let memory = self.model_mut(backend.id(), &victim);
+                    memory.evicted_at = Some(now);
+                    memory.prefixes.clear();
+                }
+            }
+        }
+        let slots = backend.slots();
+        let memory = self.model_mut(backend.id(), &residency.model);
+        if memory.runner.unwrap_or(0) != residency.runner {
+            memory.prefixes.clear();
+        }
+        memory.runner = Some(residency.runner);
+        memory.last_sent = Some(now);
+        memory.running.push(Running { id, since: now });
+        if let Some(prefix) = affinity {
+            memory.prefixes.retain(|p| *p != prefix);
+            memory.prefixes.push_front(prefix);
+            memory.prefixes.truncate(slots);
+        }
+    }
+
+    /// Records the end of permit `id` for `model` (if it was for one) on `node`, held since
+    /// `since`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        &mut self,
+        node: &Arc<str>,
+        model: Option<&str>,
+        id: u64,
+        since: Instant,
+        outcome: &Outcome,
+        now: Instant,
+    ) {
+        let held = now.saturating_duration_since(since);
+        let node_memory = self.nodes.entry(node.clone()).or_default();
+        if outcome.node_failed || outcome.answered {
+            node_memory.note(outcome, now);
+        }
+        let Some(model) = model else { return };
+        if let Some(memory) = node_memory.models.get_mut(model) {
+            memory.running.retain(|r| r.id != id);
+            memory.learned.observe(outcome, held, now);
+            if outcome.node_failed && memory.running.is_empty() {
+                // The node may never have loaded it: trust Meta again.
+                memory.last_sent = None;
+            }
+        }
+        self.fleet
+            .entry(model.to_owned())
+            .or_default()
+            .observe(outcome, held, now);
+    }
+
+    /// Whether `node` is being avoided for failing requests.
+    pub fn is_avoided(&self, node: &str, now: Instant) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.is_avoided(now))
+    }
+}
+
+/// Models `backend` keeps loaded at once.
+fn max_loaded(backend: &Backend) -> usize {
+    let gpus = backend.meta().map_or(1, |meta| meta.gpu_count.max(1));
+    MAX_LOADED_PER_GPU * usize::try_from(gpus).unwrap_or(1)
+}
