@@ -127,9 +127,10 @@ pub struct Settings {
     pub queue_timeout: Option<String>,
 
     /// Requests one loaded model serves at once on each --backend (its OLLAMA_NUM_PARALLEL;
-    /// nodes discovered in Consul say so in Meta). [default: 1]
-    #[arg(long, env = "OLLAMA_MESH_SLOTS")]
-    pub slots: Option<u32>,
+    /// nodes discovered in Consul say so in Meta): one value for all, or one per --backend in
+    /// their order (comma-separated in the environment). [default: 1]
+    #[arg(long, env = "OLLAMA_MESH_SLOTS", value_delimiter = ',')]
+    pub slots: Vec<u32>,
 
     /// Proxy worker threads. [default: all cores]
     #[arg(long, env = "OLLAMA_MESH_THREADS")]
@@ -299,8 +300,6 @@ pub struct RouterConfig {
     pub static_backends: Vec<StaticBackend>,
     /// How often static backends are read.
     pub backend_poll_interval: Duration,
-    /// Parallel slots of each static backend.
-    pub slots: u32,
     /// The Consul client configuration (used for discovery, drain keys and self-registration).
     pub consul: ClientConfig,
     /// Time limits.
@@ -385,7 +384,11 @@ impl Settings {
             schedule: overrides.schedule.or(self.schedule),
             queue_max: overrides.queue_max.or(self.queue_max),
             queue_timeout: overrides.queue_timeout.or(self.queue_timeout),
-            slots: overrides.slots.or(self.slots),
+            slots: if overrides.slots.is_empty() {
+                self.slots
+            } else {
+                overrides.slots
+            },
             threads: overrides.threads.or(self.threads),
             grace_period: overrides.grace_period.or(self.grace_period),
             enable_management: overrides.enable_management.or(self.enable_management),
@@ -485,16 +488,7 @@ impl RouterConfig {
                 "applies to --backend URLs; nodes discovered in Consul report themselves",
             ));
         }
-        let slots =
-            match settings.slots {
-                Some(0) => return Err(invalid("slots", "must be at least 1")),
-                Some(_) if static_backends.is_empty() => return Err(invalid(
-                    "slots",
-                    "applies to --backend URLs; nodes discovered in Consul report parallel_slots",
-                )),
-                Some(n) => n,
-                None => 1,
-            };
+        let static_backends = with_slots(static_backends, &settings.slots)?;
         let backend_tls = backend_tls(
             &static_backends,
             settings.backend_tls.unwrap_or(false),
@@ -578,7 +572,6 @@ impl RouterConfig {
             service_name,
             static_backends,
             backend_poll_interval,
-            slots,
             consul,
             timeouts,
             schedule,
@@ -678,6 +671,43 @@ impl RouterConfig {
             },
         )
     }
+}
+
+/// `backends` with their `--slots`: none given is 1 each, one value is for all, else one per
+/// backend.
+fn with_slots(
+    backends: Vec<StaticBackend>,
+    slots: &[u32],
+) -> Result<Vec<StaticBackend>, ConfigError> {
+    if slots.contains(&0) {
+        return Err(invalid("slots", "must be at least 1"));
+    }
+    if !slots.is_empty() && backends.is_empty() {
+        return Err(invalid(
+            "slots",
+            "applies to --backend URLs; nodes discovered in Consul report parallel_slots",
+        ));
+    }
+    let each: Vec<u32> = match slots {
+        [] => vec![1; backends.len()],
+        [all] => vec![*all; backends.len()],
+        list if list.len() == backends.len() => list.to_vec(),
+        list => {
+            return Err(invalid(
+                "slots",
+                format!(
+                    "give one value, or one per --backend ({} values for {} backends)",
+                    list.len(),
+                    backends.len()
+                ),
+            ))
+        }
+    };
+    Ok(backends
+        .into_iter()
+        .zip(each)
+        .map(|(backend, slots)| backend.with_slots(slots))
+        .collect())
 }
 
 /// The scheduler's settings: `--schedule`, `--queue-max`, `--queue-timeout`, `--retries`.

@@ -75,7 +75,6 @@ fn main() -> anyhow::Result<()> {
             config.static_backends.clone(),
             PollConfig {
                 interval: config.backend_poll_interval,
-                slots: config.slots,
                 ..PollConfig::default()
             },
             config.backend_tls.as_ref(),

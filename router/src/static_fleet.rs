@@ -37,6 +37,8 @@ pub struct StaticBackend {
     port: u16,
     id: InstanceId,
     tls: bool,
+    /// Parallel slots (`--slots`; Ollama does not report them).
+    slots: u32,
 }
 
 /// Why a `--backend` value is not usable.
@@ -83,7 +85,19 @@ impl StaticBackend {
             port,
             id,
             tls,
+            slots: 1,
         })
+    }
+
+    /// This backend serving `slots` requests per loaded model at once (its
+    /// `OLLAMA_NUM_PARALLEL`).
+    pub fn with_slots(self, slots: u32) -> Self {
+        Self { slots, ..self }
+    }
+
+    /// Requests it serves per loaded model at once.
+    pub fn slots(&self) -> u32 {
+        self.slots
     }
 
     /// Whether it is reached over HTTPS.
@@ -103,9 +117,9 @@ impl StaticBackend {
 
     /// Its health entry for the latest reading: `last_good` describes it (models, version);
     /// `error` says why the latest poll failed, if it did.
-    fn entry(&self, last_good: Option<&Reading>, error: Option<&str>, slots: u32) -> ServiceEntry {
+    fn entry(&self, last_good: Option<&Reading>, error: Option<&str>) -> ServiceEntry {
         let meta = NodeMeta {
-            parallel_slots: slots,
+            parallel_slots: self.slots,
             models_on_disk: ModelList::new(last_good.map_or(&[][..], |r| &r.models_on_disk)),
             models_loaded: ModelList::new(last_good.map_or(&[][..], |r| &r.models_loaded)),
             ollama_version: last_good.map(|r| r.version.clone()),
@@ -153,8 +167,6 @@ pub struct PollConfig {
     pub interval: Duration,
     /// Longest one backend may take to answer all three reads.
     pub timeout: Duration,
-    /// Parallel slots of each backend (`--slots`; Ollama does not report them).
-    pub slots: u32,
 }
 
 impl Default for PollConfig {
@@ -164,7 +176,6 @@ impl Default for PollConfig {
         Self {
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
-            slots: 1,
         }
     }
 }
@@ -273,10 +284,7 @@ async fn poll(
         }
         let entries: Vec<ServiceEntry> = polled
             .iter()
-            .map(|p| {
-                p.backend
-                    .entry(p.last_good.as_ref(), p.error.as_deref(), config.slots)
-            })
+            .map(|p| p.backend.entry(p.last_good.as_ref(), p.error.as_deref()))
             .collect();
         // An unchanged fleet is not republished: readers keep the same set.
         if published.as_ref() != Some(&entries) {

@@ -146,7 +146,6 @@ async fn https_static_backends_are_polled_over_tls() {
     let poll = PollConfig {
         interval: Duration::from_millis(100),
         timeout: Duration::from_secs(2),
-        slots: 1,
     };
     let fleet = StaticFleet::start(vec![backend], poll, Some(&tls));
     fleet.ready().await;

@@ -26,7 +26,6 @@ use tokio::task::JoinHandle;
 const POLL: PollConfig = PollConfig {
     interval: Duration::from_millis(100),
     timeout: Duration::from_millis(500),
-    slots: 1,
 };
 
 /// The fleet gauges are process-wide, like the router's one fleet; tests in this binary run in

@@ -137,6 +137,12 @@ pub struct PeerSetup {
     /// periodic work (the router reading its backends every 2 s) is scaled to match, so that
     /// its view of the nodes is as fresh as it would be in front of real ones.
     pub time_scale: f64,
+    /// Each node's parallel slots (its `OLLAMA_NUM_PARALLEL`), in `backends`' order, for the
+    /// router (`--slots`), which cannot read them from a node; empty leaves its default.
+    pub slots: Vec<u32>,
+    /// The routing policy for peers that have several: the router's `--schedule`, SMG's
+    /// `--policy`; `None` for the peer's default in this benchmark.
+    pub policy: Option<&'static str>,
 }
 
 /// A started peer; stopped (its whole process tree killed) on drop if not [`RunningPeer::stop`]ped.

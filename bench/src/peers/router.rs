@@ -36,6 +36,13 @@ pub(super) fn launch(setup: &PeerSetup, port: u16) -> Result<Launch, PeerError> 
         "--read-timeout".to_owned(),
         format!("{READ_TIMEOUT_SECS}s"),
     ]);
+    if !setup.slots.is_empty() {
+        let slots: Vec<String> = setup.slots.iter().map(u32::to_string).collect();
+        args.extend(["--slots".to_owned(), slots.join(",")]);
+    }
+    if let Some(policy) = setup.policy {
+        args.extend(["--schedule".to_owned(), policy.to_owned()]);
+    }
     if setup.time_scale < 1.0 {
         let interval = ROUTER_POLL_INTERVAL.mul_f64(setup.time_scale.max(0.01));
         args.extend([

@@ -1,4 +1,5 @@
-//! The SGLang Model Gateway (`smg` from PyPI, a Rust router in a wheel) with `power_of_two`. It
+//! The SGLang Model Gateway (`smg` from PyPI, a Rust router in a wheel) with `power_of_two`, or
+//! the policy the scenario asks for (`cache_aware` in the fleet workload). It
 //! speaks only the OpenAI API (`/v1/chat/completions`…), which it forwards to Ollama's own
 //! OpenAI-compatible routes with `--backend openai`; it has no native `/api/*` routes.
 
@@ -24,7 +25,7 @@ pub(super) fn launch(setup: &PeerSetup, port: u16) -> Result<Launch, PeerError> 
         "openai",
         // power_of_two needs at least two workers; with one node it still routes.
         "--policy",
-        "power_of_two",
+        setup.policy.unwrap_or("power_of_two"),
         // Ollama has no /health; its cheapest always-200 route.
         "--health-check-endpoint",
         "/api/version",

@@ -108,6 +108,8 @@ async fn every_installed_peer_routes_chat_to_the_nodes() {
         model: "m".to_owned(),
         router_bin: router_bin(),
         time_scale: 1.0,
+        slots: Vec::new(),
+        policy: None,
     };
     let mut ran = Vec::new();
     for kind in PeerKind::ALL {

@@ -39,6 +39,10 @@ pub enum Variant {
 
 struct Measured {
     kind: PeerKind,
+    /// The system as the report names it (the peer, and its policy where it has several).
+    label: String,
+    /// The policy it ran, where it has several.
+    policy: Option<&'static str>,
     load: f64,
     result: LoadResult,
     loads: u64,
@@ -52,7 +56,8 @@ pub async fn run(context: &Context, variant: Variant) -> Findings {
         Variant::Failures => "5. Failures under load: a node killed, another refusing work",
     };
     let loads: Vec<f64> = match variant {
-        Variant::Steady => context.pick(vec![0.5, 0.8], vec![0.7]),
+        // Below, near and beyond capacity: overload must degrade gracefully.
+        Variant::Steady => context.pick(vec![0.5, 0.8, 1.2], vec![0.8]),
         // Low enough that the fleet left after both failures (one fast node) still keeps up:
         // what is measured is the failures, not an overload.
         Variant::Failures => vec![0.4],
@@ -62,7 +67,12 @@ pub async fn run(context: &Context, variant: Variant) -> Findings {
     let mut measured = Vec::new();
     let mut skipped = Vec::new();
     let mut configs = Vec::new();
-    for kind in PeerKind::ALL.into_iter().filter(|k| *k != PeerKind::Direct) {
+    for (kind, policy) in systems(variant) {
+        let label = match policy {
+            Some(policy) if kind == PeerKind::Router => format!("{kind} ({policy})"),
+            Some(policy) => format!("{} {policy}", kind.slug().to_uppercase()),
+            None => kind.to_string(),
+        };
         for &share in &loads {
             let nodes: Vec<(String, String)> =
                 [("fast-1", true), ("fast-2", true), ("slow-1", false)]
@@ -82,27 +92,30 @@ pub async fn run(context: &Context, variant: Variant) -> Findings {
                 backends: fleet.addrs(),
                 workers: 1,
                 cpus: context.cores.system.clone(),
-                work_dir: context
-                    .work_dir
-                    .join(format!("fleet-{variant:?}-{kind:?}-{share}")),
+                work_dir: context.work_dir.join(format!(
+                    "fleet-{variant:?}-{kind:?}-{}-{share}",
+                    policy.unwrap_or("default")
+                )),
                 // LiteLLM gets a group for this one and a wildcard group for the others.
                 model: models[0].to_owned(),
                 router_bin: context.bins.router.clone(),
                 time_scale: TIME_SCALE,
+                slots: nodes.iter().map(|(name, _)| node_slots(name)).collect(),
+                policy,
             };
             let peer = match peers::start(kind, &setup).await {
                 Ok(peer) => peer,
                 Err(PeerError::Unavailable(reason)) => {
-                    skipped.push(format!("{kind}: {reason}"));
+                    skipped.push(format!("{label}: {reason}"));
                     break;
                 }
                 Err(error) => {
-                    skipped.push(format!("{kind}: {error}"));
+                    skipped.push(format!("{label}: {error}"));
                     break;
                 }
             };
             if share == loads[0] {
-                configs.push((kind.to_string(), peer.config.clone()));
+                configs.push((label.clone(), peer.config.clone()));
             }
             let rate = share * CAPACITY / TIME_SCALE;
             let expected = (rate * duration.as_secs_f64()) as u64;
@@ -129,6 +142,8 @@ pub async fn run(context: &Context, variant: Variant) -> Findings {
             let prompt = fleet.total("prompt_tokens").await.max(1);
             measured.push(Measured {
                 kind,
+                label: label.clone(),
+                policy,
                 load: share,
                 cache_hit_rate: fleet.total("cached_prompt_tokens").await as f64 / prompt as f64,
                 loads: fleet.total("loads").await,
@@ -143,9 +158,51 @@ pub async fn run(context: &Context, variant: Variant) -> Findings {
     }
 }
 
+/// The systems compared: the balancers users would otherwise pick, SMG with its default and its
+/// cache-aware policy, and the router with each scheduling policy switched on one at a time
+/// (the failure workload runs the router's default only).
+fn systems(variant: Variant) -> Vec<(PeerKind, Option<&'static str>)> {
+    let mut systems = vec![
+        (PeerKind::Nginx, None),
+        (PeerKind::Haproxy, None),
+        (PeerKind::Smg, Some("power_of_two")),
+        (PeerKind::Smg, Some("cache_aware")),
+        (PeerKind::Litellm, None),
+    ];
+    match variant {
+        Variant::Steady => systems.extend(
+            ROUTER_POLICIES
+                .iter()
+                .map(|policy| (PeerKind::Router, Some(*policy))),
+        ),
+        Variant::Failures => systems.push((PeerKind::Router, None)),
+    }
+    systems
+}
+
+/// The router's `--schedule` policies, simplest first; the last is its default.
+const ROUTER_POLICIES: [&str; 5] = [
+    "least-outstanding",
+    "queue",
+    "residency",
+    "affinity",
+    "learned",
+];
+
+/// Parallel slots of a node of this fleet, by name (see [`realistic_node`]).
+fn node_slots(name: &str) -> u32 {
+    if name.starts_with("fast") {
+        4
+    } else {
+        2
+    }
+}
+
 /// A node killed under load: no non-streamed request fails through the router.
 fn goals(variant: Variant, measured: &[Measured]) -> Vec<Goal> {
-    let router = measured.iter().find(|m| m.kind == PeerKind::Router);
+    let router = measured
+        .iter()
+        .find(|m| m.kind == PeerKind::Router && m.policy.is_none_or(|p| p == "learned"));
     match (variant, router) {
         (Variant::Failures, Some(router)) => {
             let summary = router.result.summary();
@@ -214,11 +271,11 @@ fn section(
             .count();
         let goodput = good as f64 / sent as f64;
         goodput_bars.push((
-            format!("{} @{:.0}%", m.kind, m.load * 100.0),
+            format!("{} @{:.0}%", m.label, m.load * 100.0),
             goodput * 100.0,
         ));
         table.rows.push(vec![
-            m.kind.to_string(),
+            m.label.clone(),
             format!("{:.0} %", m.load * 100.0),
             sent.to_string(),
             (summary.failed + summary.dropped).to_string(),
@@ -250,7 +307,7 @@ fn section(
                         .iter()
                         .filter_map(|o| o.first_byte.filter(|_| o.ok()).map(real))
                         .collect();
-                    (format!("{} @{:.0}%", m.kind, m.load * 100.0), ttft)
+                    (format!("{} @{:.0}%", m.label, m.load * 100.0), ttft)
                 })
                 .collect(),
         },
@@ -272,7 +329,11 @@ fn section(
          {} of simulated time ({} real, the simulators running {}× faster); all times below \
          are real-time equivalents. Load balancers that do not know models (nginx, HAProxy, \
          LiteLLM's least-busy) spread each model over every node, which shows in cold loads \
-         and cache hits.\n",
+         and cache hits. SMG runs with its default `power_of_two` and its `cache_aware` policy; \
+         the router runs once per scheduling policy (`--schedule`, each adding one idea to the \
+         one before: `least-outstanding`, `queue`, `residency`, `affinity`, `learned`, the \
+         default), told each node's slots (`--slots 4,4,2`). Goodput counts refused and \
+         timed-out requests as misses.\n",
         if variant == Variant::Steady {
             ", streamed (SSE)"
         } else {
@@ -294,7 +355,7 @@ fn section(
         text.push_str(&format!("\n- **Skipped** {s}"));
     }
     for m in measured {
-        let who = format!("{} at {:.0} %", m.kind, m.load * 100.0);
+        let who = format!("{} at {:.0} %", m.label, m.load * 100.0);
         text.push_str(&failure_note(&who, &m.result));
     }
     text.push_str(&configurations(

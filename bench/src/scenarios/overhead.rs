@@ -59,6 +59,8 @@ pub async fn run(context: &Context) -> Findings {
             model: MODEL.to_owned(),
             router_bin: context.bins.router.clone(),
             time_scale: 1.0,
+            slots: vec![64; fleet.addrs().len()],
+            policy: None,
         };
         match peers::start(kind, &setup).await {
             Ok(peer) => measured.push(measure(context, peer, &rates).await),

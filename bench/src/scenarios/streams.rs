@@ -71,6 +71,8 @@ pub async fn run(context: &Context) -> Findings {
                 model: MODEL.to_owned(),
                 router_bin: context.bins.router.clone(),
                 time_scale: 1.0,
+                slots: vec![u32::try_from(slots).unwrap_or(u32::MAX); fleet.addrs().len()],
+                policy: None,
             };
             let peer = match peers::start(kind, &setup).await {
                 Ok(peer) => peer,

@@ -532,3 +532,70 @@ fn static_backends_are_polled_every_two_seconds_unless_told() {
     ])
     .starts_with("--backend-poll-interval: "));
 }
+
+#[test]
+fn scheduling_is_learned_by_default_and_every_setting_is_read() {
+    let defaults = config(&["--allow-anonymous"]).unwrap();
+    assert_eq!(defaults.schedule.policy, Policy::Learned);
+    assert_eq!(defaults.schedule.queue_max, 1_000);
+    assert_eq!(defaults.schedule.queue_timeout, Duration::from_secs(60));
+    let set = config(&[
+        "--allow-anonymous",
+        "--schedule=least-outstanding",
+        "--queue-max=50",
+        "--queue-timeout=15s",
+        "--retries=1",
+    ])
+    .unwrap();
+    assert_eq!(set.schedule.policy, Policy::LeastOutstanding);
+    assert_eq!(set.schedule.queue_max, 50);
+    assert_eq!(set.schedule.queue_timeout, Duration::from_secs(15));
+    assert_eq!(set.schedule.retries, 1);
+    assert!(
+        set.summary().contains("schedule least-outstanding"),
+        "{}",
+        set.summary()
+    );
+    for (argv, expected) in [
+        (
+            &["--schedule=fastest"][..],
+            "--schedule: \"fastest\" is not a policy",
+        ),
+        (&["--queue-max=0"][..], "--queue-max: must be at least 1"),
+        (
+            &["--queue-timeout=0s"][..],
+            "--queue-timeout: must be greater than zero",
+        ),
+    ] {
+        let message = error(argv);
+        assert!(message.starts_with(expected), "{message}");
+    }
+}
+
+#[test]
+fn slots_are_one_value_for_every_backend_or_one_each() {
+    let backends = [
+        "--allow-anonymous",
+        "--backend=http://a:1",
+        "--backend=http://b:1",
+        "--backend=http://c:1",
+    ];
+    let slots = |extra: &[&str]| -> Vec<u32> {
+        let argv: Vec<&str> = backends.iter().chain(extra).copied().collect();
+        config(&argv)
+            .unwrap()
+            .static_backends
+            .iter()
+            .map(|b| b.slots())
+            .collect()
+    };
+    assert_eq!(slots(&[]), [1, 1, 1]);
+    assert_eq!(slots(&["--slots=4"]), [4, 4, 4]);
+    assert_eq!(slots(&["--slots=4,4,2"]), [4, 4, 2]);
+    let argv: Vec<&str> = backends.iter().copied().chain(["--slots=4,2"]).collect();
+    assert!(error(&argv).starts_with("--slots: give one value, or one per --backend"));
+    let argv: Vec<&str> = backends.iter().copied().chain(["--slots=0"]).collect();
+    assert!(error(&argv).starts_with("--slots: must be at least 1"));
+    assert!(error(&["--allow-anonymous", "--slots=2"])
+        .starts_with("--slots: applies to --backend URLs"));
+}

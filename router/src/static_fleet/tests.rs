@@ -13,7 +13,7 @@ fn reading(models: &[&str], loaded: &[&str]) -> Reading {
 
 fn build(backend: &StaticBackend, last_good: Option<&Reading>, error: Option<&str>) -> BackendSet {
     BackendSet::build(
-        &[backend.entry(last_good, error, 1)],
+        &[backend.entry(last_good, error)],
         &[],
         &BackendSet::default(),
         MeshPolicy::default(),
