@@ -15,7 +15,8 @@
 //!   would evict an idle model (it may be wanted back), or a whole service time when every
 //!   loaded model is busy (Ollama makes the load wait);
 //! * **prefill**: the prompt's tokens, or only its newest message's on a node that served the
-//!   conversation's prefix, at the node's learned prefill rate.
+//!   conversation's prefix and still has the model loaded (the prompt cache lives in the
+//!   runner), at the node's learned prefill rate.
 //!
 //! The cheapest candidate wins, with every candidate within a small tolerance of it counted as
 //! equal and the tie broken by weighted least-outstanding power of two choices. If the winner
@@ -184,7 +185,8 @@ fn ttft(
     let wait = model_memory.map_or(0.0, |m| {
         slot_wait(m, slots, ahead, costs.service_seconds, now)
     });
-    let load = if memory.is_resident(backend, residency, now) {
+    let resident = memory.is_resident(backend, residency, now);
+    let load = if resident {
         0.0
     } else {
         let busy_other_runner = model_memory
@@ -202,7 +204,10 @@ fn ttft(
         };
         costs.load_seconds + displaced + drain
     };
+    // The prompt cache lives in the loaded runner: a node that must load the model again has
+    // lost it, so a conversation's old node is then no better a place for it than any other.
     let cached = policy.uses_affinity()
+        && resident
         && ask
             .affinity
             .is_some_and(|prefix| model_memory.is_some_and(|m| m.prefixes.contains(&prefix)));

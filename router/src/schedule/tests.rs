@@ -442,3 +442,24 @@ async fn a_failing_node_is_still_used_when_it_is_the_only_one() {
     now(&scheduler, ask()).await.node_failed();
     assert_eq!(id(&now(&scheduler, ask()).await), "a");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_conversation_does_not_follow_its_prefix_to_a_node_that_lost_the_model() {
+    let (scheduler, fleet) =
+        scheduler(Policy::Affinity, &[node("a", false, 1), node("b", true, 1)]);
+    // A long conversation: re-reading it elsewhere takes 20 s, more than a 10 s load.
+    let turn = Ask {
+        affinity: Some(7),
+        prompt_tokens: 20_000,
+        fresh_tokens: 20,
+        ..ask()
+    };
+    let first = now(&scheduler, turn.clone()).await;
+    assert_eq!(id(&first), "b");
+    drop(first);
+    // Later b has unloaded the model (Meta says so, long after the router sent it there) and a
+    // has it: the prefix cache went with b's runner, so the next turn is not worth a load there.
+    tokio::time::advance(memory::META_LAG + Duration::from_secs(1)).await;
+    fleet.rebuild(&[node("a", true, 1), node("b", false, 1)]);
+    assert_eq!(id(&now(&scheduler, turn).await), "a");
+}
