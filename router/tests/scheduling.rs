@@ -176,3 +176,25 @@ async fn a_full_queue_answers_503_with_retry_after_in_the_callers_dialect() {
     assert!(openai.headers.contains_key("retry-after"));
     assert_eq!(openai.json()["error"]["type"], "api_error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_about_a_model_never_waits_for_a_slot() {
+    let node = slow_node(400).await;
+    let (router, scheduler) = router(
+        vec![with_slots("gpu-1", &node, 1)],
+        ScheduleSettings::default(),
+    )
+    .await;
+    let _running = generate(&router, 400);
+    until("the first request runs", || in_flight(&node) == 1).await;
+    let _waiting = generate(&router, 5);
+    until("the second request waits", || scheduler.queued() == 1).await;
+    // `ollama run` asks /api/show first: it must not queue behind generations.
+    let started = Instant::now();
+    let show = post(&router.url("/api/show"), json!({"model": MODEL})).await;
+    assert_eq!(show.status, StatusCode::OK);
+    let model = call(Method::GET, &router.url(&format!("/v1/models/{MODEL}")), "").await;
+    assert_eq!(model.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(scheduler.queued(), 1);
+}

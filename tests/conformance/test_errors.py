@@ -1,6 +1,6 @@
 """Error statuses and bodies, in both dialects, through the clients and on the wire.
 
-Statuses are those of a real Ollama v0.17.4 (see /api docs and ../shared/ollama-api.md 1.4).
+Statuses are those of a real Ollama v0.17.4 (Ollama's docs/api.md and server/routes.go).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ load_overhead = "1s"
 }
 
 /// Decode and prefill tokens/s on an RTX 4090, as the simulator's catalogue has them
-/// (from `shared/ollama-api.md`'s llama.cpp measurements).
+/// (from published llama.cpp measurements on that card).
 fn catalogue_speed(model: &str) -> (f64, f64) {
     match model {
         "llama3.2:3b" => (200.0, 12_000.0),

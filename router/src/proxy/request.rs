@@ -133,7 +133,7 @@ impl MeshProxy {
             Route::OpenAiModels => View::OpenAiModels,
             Route::OpenAiModel(model) => {
                 ctx.model = Some(model.clone());
-                ctx.ask = Some(self.ask(session, ctx, Ask::for_model(model))?);
+                ctx.ask = Some(self.ask(session, ctx, Ask::lookup(model))?);
                 return self.choose_early(session, ctx).await;
             }
             Route::ModelRouted { .. } => return self.read_model(session, ctx).await,
@@ -213,16 +213,20 @@ impl MeshProxy {
             conversation,
         } = body::inspect(&body);
         if let ModelInBody::Named(model) = model {
-            let ask = Ask {
-                residency: Some(Residency {
-                    model: canonical_model_name(&model),
-                    runner: conversation.runner,
-                }),
-                affinity: conversation.affinity,
-                prompt_tokens: conversation.prompt_tokens,
-                fresh_tokens: conversation.fresh_tokens,
-                model: Some(model.clone()),
-                ..Ask::default()
+            let ask = if !ctx.route.runs_model() {
+                Ask::lookup(&model)
+            } else {
+                Ask {
+                    residency: Some(Residency {
+                        model: canonical_model_name(&model),
+                        runner: conversation.runner,
+                    }),
+                    affinity: conversation.affinity,
+                    prompt_tokens: conversation.prompt_tokens,
+                    fresh_tokens: conversation.fresh_tokens,
+                    model: Some(model.clone()),
+                    ..Ask::default()
+                }
             };
             ctx.ask = Some(self.ask(session, ctx, ask)?);
             ctx.model = Some(model);

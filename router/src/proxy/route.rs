@@ -106,6 +106,12 @@ impl Route {
         }
     }
 
+    /// Whether a request on this route runs its model (and so needs a slot): every model-routed
+    /// route but `/api/show`, which only reads about it.
+    pub fn runs_model(&self) -> bool {
+        matches!(self, Self::ModelRouted { label, .. } if *label != "show")
+    }
+
     /// Whether the router reads this route's body itself (to learn the model, or to send it to
     /// every node), so `--max-body-size` applies to it.
     pub fn reads_body(&self) -> bool {

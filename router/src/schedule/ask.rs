@@ -107,6 +107,16 @@ impl Ask {
         }
     }
 
+    /// A request that reads about `model` without running it (`/api/show`, `/v1/models/:m`):
+    /// it goes to a node that has the model and never waits for a slot, since Ollama answers
+    /// it at once however busy its runners are.
+    pub fn lookup(model: &str) -> Self {
+        Self {
+            model: Some(model.to_owned()),
+            ..Self::default()
+        }
+    }
+
     /// The canonical model name, when the request names one.
     pub fn canonical_model(&self) -> Option<&str> {
         self.residency.as_ref().map(|r| r.model.as_str())

@@ -3,8 +3,9 @@
 //! No GPUs exist where ollama-mesh is tested, yet the router's decisions depend on how Ollama
 //! nodes behave: the HTTP API and its streaming, errors, and the scheduler's dynamics (slots,
 //! queueing, loads and evictions, keep-alive, prompt-cache reuse). This crate simulates all of
-//! that from `../shared/ollama-api.md`, fast enough (time scale 0) never to be the bottleneck of
-//! a router benchmark.
+//! that from Ollama's own sources (`server/routes.go`, `server/sched.go`, `api/types.go`, as
+//! each module cites them), held to a real v0.17.4 by the differential test, fast enough (time
+//! scale 0) never to be the bottleneck of a router benchmark.
 //!
 //! # Using it
 //!
@@ -101,8 +102,8 @@
 //! images are always ignored. `/api/create` and `/api/push` answer 501; `/api/show`'s
 //! `model_info` and `tensors` describe a synthetic architecture; a failed `/v1` stream ends with
 //! an SSE event holding the OpenAI error object (Ollama emits an empty chunk); at time scale 0
-//! positive keep-alives never expire. Where `../shared/ollama-api.md` (newest Ollama) and the
-//! v0.17.4 the tests run against disagree on error details, the page wins: `/v1` errors are
+//! positive keep-alives never expire. Where the newest Ollama and the v0.17.4 the tests run
+//! against disagree on error details, the newest wins: `/v1` errors are
 //! typed by status (v0.17.4 says `api_error` for every handler error). A missing model is
 //! answered as v0.17.4 does: `400 model is required`, except on `/api/generate` and
 //! `/v1/completions` (404) and on `/api/embed` and `/v1/embeddings` (500 `unqualified name`).
