@@ -131,14 +131,14 @@ async fn every_dashboard_metric_is_exported_by_the_router() {
         let registration = sidecar_registration(&format!("sim-{i}"), node.addr(), &[MODEL]);
         client.register_service(&registration).await.unwrap();
     }
-    // Registered with the model, refusing connections: requests sent there are retried.
+    // Registered with the model loaded, refusing connections: the scheduler's first choice,
+    // and requests sent there are retried.
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    client
-        .register_service(&sidecar_registration("dead", dead_addr, &[MODEL]))
-        .await
-        .unwrap();
+    let mut dead = sidecar_registration("dead", dead_addr, &[MODEL]);
+    dead.meta.insert("models_loaded".into(), MODEL.into());
+    client.register_service(&dead).await.unwrap();
 
     let config = WatchConfig {
         wait: Duration::from_secs(5),
@@ -156,8 +156,7 @@ async fn every_dashboard_metric_is_exported_by_the_router() {
     .expect("discovery lists the three instances");
     let router = Router::with_fleet(discovery.clone(), settings()).await;
 
-    // Generations until one of them was retried off the dead instance (each request has a
-    // one-in-three chance of trying it first).
+    // Generations until one of them was retried off the dead instance.
     let mut retried = false;
     for _ in 0..40 {
         let answer = post(
