@@ -294,12 +294,18 @@ fn section(
             format!("{:.1} %", m.cache_hit_rate * 100.0),
         ]);
     }
-    let charts = vec![
-        Chart::LatencyCdf {
-            title: "Time to first token (real-time equivalent)".into(),
-            file_stem: format!("fleet-{variant:?}-ttft").to_lowercase(),
-            series: measured
-                .iter()
+    // One pair of charts per load point: a dozen series a chart stay readable, thirty do not.
+    let mut shares: Vec<f64> = measured.iter().map(|m| m.load).collect();
+    shares.sort_by(f64::total_cmp);
+    shares.dedup();
+    let mut charts = Vec::new();
+    for share in shares {
+        let percent = format!("{:.0}", share * 100.0);
+        let at_share = || measured.iter().filter(move |m| m.load == share);
+        charts.push(Chart::LatencyCdf {
+            title: format!("Time to first token at {percent} % load (real-time equivalent)"),
+            file_stem: format!("fleet-{variant:?}-ttft-{percent}").to_lowercase(),
+            series: at_share()
                 .map(|m| {
                     let ttft = m
                         .result
@@ -307,17 +313,26 @@ fn section(
                         .iter()
                         .filter_map(|o| o.first_byte.filter(|_| o.ok()).map(real))
                         .collect();
-                    (format!("{} @{:.0}%", m.label, m.load * 100.0), ttft)
+                    (m.label.clone(), ttft)
                 })
                 .collect(),
-        },
-        Chart::Bars {
-            title: "Goodput: answers with a first token within 2 s".into(),
-            file_stem: format!("fleet-{variant:?}-goodput").to_lowercase(),
+        });
+        charts.push(Chart::Bars {
+            title: format!("Goodput at {percent} % load: first token within 2 s"),
+            file_stem: format!("fleet-{variant:?}-goodput-{percent}").to_lowercase(),
             y_label: "% of requests".into(),
-            bars: goodput_bars,
-        },
-    ];
+            bars: goodput_bars
+                .iter()
+                .filter(|(label, _)| label.ends_with(&format!("@{percent}%")))
+                .map(|(label, value)| {
+                    (
+                        label.trim_end_matches(&format!(" @{percent}%")).to_owned(),
+                        *value,
+                    )
+                })
+                .collect(),
+        });
+    }
     let mut text = format!(
         "Simulated fleet: two RTX 4090 nodes (4 parallel slots) and one RTX 3090 node at half \
          the speed (2 slots), 24 GiB each, every one with five models on disk (llama3.2:3b, \
