@@ -72,7 +72,7 @@ use pingora::protocols::Digest;
 use respond::{describe, respond_error};
 // The request inspection the fuzz target (router/fuzz) drives directly.
 pub use auth::is_admin_path;
-pub use body::{inspect, model_in, Conversation, Inspection, ModelInBody};
+pub use body::{model_in, ModelInBody};
 pub use route::{encode as encode_path, normalize as normalize_path, Dialect, Management, Route};
 use views::Views;
 
@@ -172,11 +172,6 @@ impl MeshProxy {
     pub fn with_keys(mut self, keys: KeyStore) -> Self {
         self.keys = Some(keys);
         self
-    }
-
-    /// The scheduler placing this proxy's requests.
-    pub fn scheduler(&self) -> &Arc<Scheduler> {
-        &self.scheduler
     }
 
     /// Whether a failed attempt of `ctx`'s request may go to another node: nothing reached the

@@ -11,7 +11,9 @@ use pingora::{Error, ErrorType, Result};
 use super::body::{self, BodyBuffer, Inspection, ModelInBody};
 use super::completion::CompletionScanner;
 use super::context::RequestContext;
-use super::respond::{respond, respond_error, respond_error_with, respond_unscheduled, JSON};
+use super::respond::{
+    declared_length, respond, respond_error, respond_error_with, respond_unscheduled, JSON,
+};
 use super::route::{Dialect, Management, Route};
 use super::views::{self, View};
 use super::{auth, large_body, MeshProxy, NODE_HEADER};
@@ -80,12 +82,8 @@ impl MeshProxy {
         session: &mut Session,
         dialect: Dialect,
     ) -> Result<bool> {
-        let declared = session
-            .get_header(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
         let limit = self.settings.max_body_size;
-        match declared {
+        match declared_length(session) {
             Some(length) if length > limit as u64 => {
                 let message =
                     format!("request body is larger than {limit} bytes ({length} declared)");

@@ -34,11 +34,7 @@ pub async fn drain_request_body(session: &mut Session) {
     if session.is_body_done() {
         return;
     }
-    let declared = session
-        .get_header(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|length| length > DRAIN_LIMIT) {
+    if declared_length(session).is_some_and(|length| length > DRAIN_LIMIT) {
         return;
     }
     let drain = async {
@@ -52,6 +48,14 @@ pub async fn drain_request_body(session: &mut Session) {
     };
     // A client that stops sending gets its answer anyway when the time is up.
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+}
+
+/// The body length the request's `Content-Length` declares, if it declares one.
+pub fn declared_length(session: &Session) -> Option<u64> {
+    session
+        .get_header(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Writes a complete response (headers only for `HEAD`).

@@ -4,7 +4,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use ollama_mesh_consul::contract::meta::canonical_model_name;
 use serde::{Deserialize, Serialize};
 
 /// Header a caller sets to say how important a request is.
@@ -95,18 +94,6 @@ pub struct Ask {
 }
 
 impl Ask {
-    /// An ask for `model` with nothing else known.
-    pub fn for_model(model: &str) -> Self {
-        Self {
-            model: Some(model.to_owned()),
-            residency: Some(Residency {
-                model: canonical_model_name(model),
-                runner: 0,
-            }),
-            ..Self::default()
-        }
-    }
-
     /// A request that reads about `model` without running it (`/api/show`, `/v1/models/:m`):
     /// it goes to a node that has the model and never waits for a slot, since Ollama answers
     /// it at once however busy its runners are.

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ollama_mesh_consul::contract::meta::canonical_model_name;
 use tokio::time::Instant;
 
 use super::ask::Residency;
@@ -155,6 +156,27 @@ impl Memory {
         meta_loaded || !memory.running.is_empty() || recent(memory.last_sent)
     }
 
+    /// Every model `backend` has or had loaded as far as the router knows: Meta's list and the
+    /// models the router has sent there, by canonical name, sorted, once each.
+    pub fn models_on(&self, backend: &Backend) -> Vec<String> {
+        let mut names: Vec<String> = backend
+            .meta()
+            .map(|meta| {
+                meta.models_loaded
+                    .names()
+                    .iter()
+                    .map(|name| canonical_model_name(name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(node) = self.nodes.get(backend.id()) {
+            names.extend(node.models.keys().cloned());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Models resident on `backend` other than `except`, with whether each is idle (nothing of
     /// this router's running) and when it was last sent work.
     fn resident_others(
@@ -163,18 +185,9 @@ impl Memory {
         except: &str,
         now: Instant,
     ) -> Vec<(String, bool, Option<Instant>)> {
-        let mut names: Vec<String> = backend
-            .meta()
-            .map(|meta| meta.models_loaded.names().to_vec())
-            .unwrap_or_default();
-        if let Some(node) = self.nodes.get(backend.id()) {
-            names.extend(node.models.keys().cloned());
-        }
-        let mut seen = std::collections::HashSet::new();
-        names
+        self.models_on(backend)
             .into_iter()
-            .map(|name| ollama_mesh_consul::contract::meta::canonical_model_name(&name))
-            .filter(|name| name != except && seen.insert(name.clone()))
+            .filter(|name| name != except)
             .filter_map(|name| {
                 let memory = self.model(backend.id(), &name);
                 let residency = Residency {

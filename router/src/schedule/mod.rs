@@ -373,21 +373,7 @@ impl Scheduler {
         let state = self.lock();
         let now = Instant::now();
         let memory = &state.memory;
-        let mut names: Vec<String> = backend
-            .meta()
-            .map(|meta| {
-                meta.models_loaded
-                    .names()
-                    .iter()
-                    .map(|name| ollama_mesh_consul::contract::meta::canonical_model_name(name))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(node) = memory.nodes.get(backend.id()) {
-            names.extend(node.models.keys().cloned());
-        }
-        names.sort();
-        names.dedup();
+        let names = memory.models_on(backend);
         names
             .into_iter()
             .map(|model| {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ollama_mesh_consul::contract::meta::canonical_model_name;
 use tokio::task::JoinHandle;
 
 use super::*;
@@ -28,8 +29,20 @@ fn scheduler_with(
     (Scheduler::seeded(fleet.clone(), settings, 7), fleet)
 }
 
+/// A request to run `model` with nothing else known.
+fn run(model: &str) -> Ask {
+    Ask {
+        model: Some(model.to_owned()),
+        residency: Some(Residency {
+            model: canonical_model_name(model),
+            runner: 0,
+        }),
+        ..Ask::default()
+    }
+}
+
 fn ask() -> Ask {
-    Ask::for_model(MODEL)
+    run(MODEL)
 }
 
 /// A node with the model on disk and `slots` slots, `loaded` or not.
@@ -381,7 +394,7 @@ async fn a_request_naming_no_model_is_never_held() {
 #[tokio::test(start_paused = true)]
 async fn a_missing_model_or_an_empty_fleet_is_answered_at_once() {
     let (one, _) = scheduler(Policy::Learned, &[node("a", true, 1)]);
-    let missing = one.acquire(Ask::for_model("phi4"), &[]).await.unwrap_err();
+    let missing = one.acquire(run("phi4"), &[]).await.unwrap_err();
     assert!(matches!(missing, ScheduleError::ModelNotFound { .. }));
     assert_eq!(missing.status(), 404);
     let (empty, _) = scheduler(Policy::Learned, &[]);
