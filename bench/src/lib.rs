@@ -7,6 +7,8 @@
 //!
 //! * [`load`]: the load generator: closed-loop connections or open-loop Poisson arrivals,
 //!   non-streamed and streamed (NDJSON/SSE) requests, one [`load::Outcome`] per request.
+//! * [`oracle`]: the limit a scheduler is compared with: models placed by hand, each request
+//!   sent to a warm node with a free slot.
 //! * [`report`]: percentiles, the Markdown report and its PNG charts.
 //! * [`peers`]: the systems under test (direct, nginx, HAProxy, SMG, LiteLLM, the router),
 //!   installed by `bench/setup`, configured alike and pinned to their share of the cores.
@@ -15,6 +17,7 @@
 //! * [`suite`]: a whole run: the machine, the scenarios, the goals and the report.
 
 pub mod load;
+pub mod oracle;
 pub mod peers;
 pub mod procs;
 pub mod report;

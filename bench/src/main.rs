@@ -56,6 +56,15 @@ enum Command {
         #[arg(long)]
         openai: bool,
     },
+    /// Serve as the oracle peer (models placed by hand; the fleet scenarios start it).
+    Oracle {
+        /// Its configuration (JSON: nodes and one placement per phase).
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to listen.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// The core the system under test gets; the rest of the bench runs on the other.
@@ -120,6 +129,17 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Oracle { config, listen }) => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let config = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", config.display()))?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            ollama_mesh_bench::oracle::serve(listener, config).await?;
+            Ok(())
+        }
         None => {
             let context = Context {
                 quick: cli.quick,
@@ -165,6 +185,7 @@ fn bins() -> anyhow::Result<Bins> {
         consul: std::env::var_os("CONSUL_BIN")
             .map(PathBuf::from)
             .context("CONSUL_BIN is not set (bench/run sets it from scripts/ensure-consul)")?,
+        bench: std::env::current_exe()?,
     })
 }
 

@@ -111,8 +111,8 @@ pub struct Settings {
     #[arg(long, env = "OLLAMA_MESH_RETRIES")]
     pub retries: Option<u32>,
 
-    /// Scheduling policy: least-outstanding, queue, residency, affinity or learned (each adds
-    /// one idea to the one before; see the README). [default: learned]
+    /// Scheduling policy: least-outstanding, queue, residency, affinity, learned or preload
+    /// (each adds one idea to the one before; see the README). [default: preload]
     #[arg(long, env = "OLLAMA_MESH_SCHEDULE")]
     pub schedule: Option<String>,
 

@@ -73,6 +73,7 @@ struct Families {
     queue_depth: IntGaugeVec,
     queue_wait: HistogramVec,
     queue_shed: IntCounterVec,
+    preloads: IntCounterVec,
     learned: prometheus::GaugeVec,
     /// The `(node, instance)` label sets `in_flight` has, so those of instances that left the
     /// fleet are removed rather than reported forever.
@@ -189,6 +190,12 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         "ollama_mesh_queue_shed_total",
         "Requests refused by the router's queue: full (over --queue-max), timeout (over --queue-timeout) or priority (shed for more important work).",
         &["model", "priority", "reason"]
+    )
+    .expect(REGISTERED),
+    preloads: register_int_counter_vec!(
+        "ollama_mesh_preloads_total",
+        "Models the scheduler loaded on a node ahead of need, by model and outcome: ordered, loaded or failed.",
+        &["model", "outcome"]
     )
     .expect(REGISTERED),
     learned: prometheus::register_gauge_vec!(
@@ -338,6 +345,14 @@ impl Metrics {
         self.families()
             .queue_shed
             .with_label_values(&[model.unwrap_or("none"), priority.name(), reason])
+            .inc();
+    }
+
+    /// Counts a load ahead of need of `model`: `ordered`, then `loaded` or `failed`.
+    pub fn preload(&self, model: &str, outcome: &str) {
+        self.families()
+            .preloads
+            .with_label_values(&[model, outcome])
             .inc();
     }
 

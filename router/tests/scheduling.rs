@@ -198,3 +198,52 @@ async fn reading_about_a_model_never_waits_for_a_slot() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(scheduler.queued(), 1);
 }
+
+/// A request waiting behind a busy warm node makes the router load the model on a cold node
+/// ahead of need; the request then runs there without paying the load itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_has_its_model_loaded_on_a_cold_node_ahead_of_need() {
+    let warm = slow_node(40).await;
+    let cold = slow_node(40).await;
+    let mut cold_entry = entry("gpu-2", cold.addr(), &[MODEL], &[], 1);
+    cold_entry
+        .service
+        .meta
+        .insert("parallel_slots".into(), "1".into());
+    let (router, scheduler) = router(
+        vec![with_slots("gpu-1", &warm, 1), cold_entry],
+        ScheduleSettings {
+            policy: Policy::Preload,
+            ..ScheduleSettings::default()
+        },
+    )
+    .await;
+    let first = generate(&router, 40);
+    until("the first request runs on the warm node", || {
+        in_flight(&warm) == 1
+    })
+    .await;
+    // Before anything is learned a request takes 5 s and a load 10 s: waiting for the warm
+    // slot is cheaper, but costs half a load already, so the cold node loads the model
+    // meanwhile.
+    let second = generate(&router, 40);
+    until("the cold node was asked to load the model", || {
+        cold.sim().stats()["loads"].as_u64() == Some(1)
+    })
+    .await;
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(second.status, StatusCode::OK, "{:?}", second.body);
+    assert_eq!(cold.sim().stats()["loads"], 1, "one load, ahead of need");
+    assert_eq!(
+        cold.sim().stats()["requests_total"],
+        2,
+        "the load, then the waiting request, bound to the node that had loaded its model"
+    );
+    let waited_for_load = second.json()["load_duration"].as_u64().unwrap();
+    assert!(
+        waited_for_load < 100_000_000,
+        "the request paid {waited_for_load} ns of load"
+    );
+    assert_eq!(scheduler.queued(), 0);
+}

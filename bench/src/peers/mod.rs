@@ -14,6 +14,7 @@ mod direct;
 mod haproxy;
 mod litellm;
 mod nginx;
+mod oracle;
 mod router;
 mod smg;
 
@@ -59,6 +60,9 @@ pub enum PeerKind {
     Litellm,
     /// ollama-mesh's router (release build).
     Router,
+    /// Models placed by hand, each request sent to a warm node with a free slot: the limit a
+    /// scheduler is compared with (see [`crate::oracle`]).
+    Oracle,
 }
 
 /// Which client APIs a peer serves.
@@ -72,23 +76,32 @@ pub enum Api {
 }
 
 impl PeerKind {
-    /// Every peer, in the report's order (the floor first, the router last).
-    pub const ALL: [PeerKind; 6] = [
+    /// Every peer, in the report's order (the floor first, the router, then its limit).
+    pub const ALL: [PeerKind; 7] = [
         PeerKind::Direct,
         PeerKind::Nginx,
         PeerKind::Haproxy,
         PeerKind::Smg,
         PeerKind::Litellm,
         PeerKind::Router,
+        PeerKind::Oracle,
     ];
+
+    /// Whether it proxies any workload: every peer but the oracle, which needs its models
+    /// placed by hand for the one workload it serves.
+    pub fn is_proxy(self) -> bool {
+        self != PeerKind::Oracle
+    }
 
     /// The client APIs this peer serves.
     pub fn api(self) -> Api {
         match self {
             PeerKind::Smg | PeerKind::Litellm => Api::OpenAiOnly,
-            PeerKind::Direct | PeerKind::Nginx | PeerKind::Haproxy | PeerKind::Router => {
-                Api::Native
-            }
+            PeerKind::Direct
+            | PeerKind::Nginx
+            | PeerKind::Haproxy
+            | PeerKind::Router
+            | PeerKind::Oracle => Api::Native,
         }
     }
 
@@ -101,6 +114,7 @@ impl PeerKind {
             PeerKind::Smg => "smg",
             PeerKind::Litellm => "litellm",
             PeerKind::Router => "router",
+            PeerKind::Oracle => "oracle",
         }
     }
 }
@@ -114,6 +128,7 @@ impl fmt::Display for PeerKind {
             PeerKind::Smg => "SMG power_of_two",
             PeerKind::Litellm => "LiteLLM least-busy",
             PeerKind::Router => "ollama-mesh router",
+            PeerKind::Oracle => "oracle",
         })
     }
 }
@@ -133,6 +148,8 @@ pub struct PeerSetup {
     pub model: String,
     /// The `ollama-mesh-router` binary (a release build).
     pub router_bin: PathBuf,
+    /// This bench's own binary: the oracle runs as its `oracle` subcommand.
+    pub bench_bin: PathBuf,
     /// Simulated seconds per real second of the nodes (1.0 for real time). A peer's own
     /// periodic work (the router reading its backends every 2 s) is scaled to match, so that
     /// its view of the nodes is as fresh as it would be in front of real ones.
@@ -143,6 +160,9 @@ pub struct PeerSetup {
     /// The routing policy for peers that have several: the router's `--schedule`, SMG's
     /// `--policy`; `None` for the peer's default in this benchmark.
     pub policy: Option<&'static str>,
+    /// Where the oracle places each model, one placement per phase of the workload's mix
+    /// (node indices into `backends`); empty where the scenario has no oracle.
+    pub placement: Vec<crate::oracle::Placement>,
 }
 
 /// A started peer; stopped (its whole process tree killed) on drop if not [`RunningPeer::stop`]ped.
@@ -279,6 +299,7 @@ pub async fn start(kind: PeerKind, setup: &PeerSetup) -> Result<RunningPeer, Pee
         PeerKind::Smg => smg::launch(setup, free_port(kind)?)?,
         PeerKind::Litellm => litellm::launch(setup, &dir, free_port(kind)?)?,
         PeerKind::Router => router::launch(setup, free_port(kind)?)?,
+        PeerKind::Oracle => oracle::launch(setup, &dir, free_port(kind)?)?,
     };
     std::fs::create_dir_all(&dir).map_err(|source| PeerError::Write {
         peer: kind,

@@ -14,14 +14,23 @@ use super::*;
 /// The release router if built, else the debug one (a missing binary makes the router peer
 /// `Unavailable`, which this test prints and tolerates).
 fn router_bin() -> PathBuf {
+    built("ollama-mesh-router")
+}
+
+/// The bench binary, for the oracle; likewise.
+fn bench_bin() -> PathBuf {
+    built("ollama-mesh-bench")
+}
+
+fn built(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let release = target.join("release/ollama-mesh-router");
+    let release = target.join("release").join(name);
     if procs::is_executable(&release) {
         release
     } else {
-        target.join("debug/ollama-mesh-router")
+        target.join("debug").join(name)
     }
 }
 
@@ -107,9 +116,11 @@ async fn every_installed_peer_routes_chat_to_the_nodes() {
         work_dir: work_dir.clone(),
         model: "m".to_owned(),
         router_bin: router_bin(),
+        bench_bin: bench_bin(),
         time_scale: 1.0,
         slots: Vec::new(),
         policy: None,
+        placement: Vec::new(),
     };
     let mut ran = Vec::new();
     for kind in PeerKind::ALL {
@@ -160,7 +171,8 @@ fn names_and_apis() {
             "HAProxy leastconn",
             "SMG power_of_two",
             "LiteLLM least-busy",
-            "ollama-mesh router"
+            "ollama-mesh router",
+            "oracle"
         ]
     );
     let openai_only: Vec<PeerKind> = PeerKind::ALL

@@ -166,7 +166,7 @@ async fn measure(context: &Context) -> Result<Findings, Box<dyn std::error::Erro
 fn goals(observed: &Observed) -> Vec<Goal> {
     let all = crate::load::percentiles(observed.appear.iter().chain(&observed.leave).copied());
     vec![Goal {
-        goal: "Consul change → routing change: p99 ≤ 500 ms",
+        goal: "Consul change → routing change: p99 ≤ 500 ms".into(),
         measured: format!(
             "p99 {} over {} changes ({} not followed)",
             ms(all.p99),

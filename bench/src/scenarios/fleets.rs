@@ -52,15 +52,21 @@ load_overhead = "0s"
     )
 }
 
-/// The heterogeneous fleet of the fleet-realism workload: two fast nodes and a slow one, with
-/// realistic speeds, load times and VRAM, each with every model of the workload on disk (not
-/// all of which fit in one GPU at once), run `time_scale` times faster than real time.
-pub fn realistic_node(name: &str, fast: bool, models: &[&str], time_scale: f64) -> String {
-    let (gpu, slots, speed) = if fast {
-        ("NVIDIA GeForce RTX 4090", 4, 1.0)
+/// A node of the fleet-realism workloads: an RTX 4090 (`fast`) or an older RTX 3090 at about
+/// half the speed, 24 GiB, with `slots` parallel slots, realistic speeds and load times, and
+/// every model of the workload on disk (not all of which fit in one GPU at once), run
+/// `time_scale` times faster than real time.
+pub fn realistic_node(
+    name: &str,
+    fast: bool,
+    slots: u32,
+    models: &[&str],
+    time_scale: f64,
+) -> String {
+    let (gpu, speed) = if fast {
+        ("NVIDIA GeForce RTX 4090", 1.0)
     } else {
-        // An older card at about half the speed, with fewer parallel slots.
-        ("NVIDIA GeForce RTX 3090", 2, 0.5)
+        ("NVIDIA GeForce RTX 3090", 0.5)
     };
     let mut toml = format!(
         r#"node_name = "{name}"
@@ -101,6 +107,7 @@ fn catalogue_speed(model: &str) -> (f64, f64) {
         "llama3.2:3b" => (200.0, 12_000.0),
         "qwen2.5:7b" => (135.0, 5_200.0),
         "mistral:7b" => (140.0, 5_500.0),
+        "llama3.1:8b" => (130.0, 5_000.0),
         "gemma2:9b" => (105.0, 4_200.0),
         "qwen2.5:14b" => (75.0, 2_800.0),
         _ => (130.0, 5_000.0),
@@ -113,7 +120,7 @@ mod tests {
 
     #[test]
     fn the_slow_node_runs_at_half_speed_with_fewer_slots() {
-        let slow = realistic_node("slow-1", false, &["qwen2.5:7b"], 0.1);
+        let slow = realistic_node("slow-1", false, 2, &["qwen2.5:7b"], 0.1);
         assert!(slow.contains("num_parallel = 2"));
         assert!(slow.contains("decode_tps = 67.5"));
         assert!(slow.contains("time_scale = 0.1"));

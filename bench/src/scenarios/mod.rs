@@ -4,8 +4,9 @@
 //! * [`overhead`]: small non-streamed requests, at full speed and at fixed rates.
 //! * [`streams`]: thousands of concurrent long NDJSON streams.
 //! * [`discovery`]: instances registered, failed and drained in Consul under load.
-//! * [`fleet`]: a heterogeneous fleet under a realistic, shifting conversation mix, and the same
-//!   with a node killed and another refusing work.
+//! * [`fleet`]: a heterogeneous and a homogeneous fleet under a realistic, shifting
+//!   conversation mix, measured against an oracle placement, and the heterogeneous one with a
+//!   node killed and another refusing work.
 //! * [`mesh`]: the router's overhead through Consul Connect mTLS against plain HTTP.
 
 pub mod discovery;
@@ -33,6 +34,8 @@ pub enum Scenario {
     Discovery,
     /// A realistic heterogeneous fleet under shifting conversations.
     Fleet,
+    /// A homogeneous fleet, more models than fit, under shifting conversations.
+    FleetHomogeneous,
     /// The realistic fleet with a node killed and one refusing work.
     Failure,
     /// Router overhead through the service mesh.
@@ -41,11 +44,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Overhead,
         Scenario::Streams,
         Scenario::Discovery,
         Scenario::Fleet,
+        Scenario::FleetHomogeneous,
         Scenario::Failure,
         Scenario::Mesh,
     ];
@@ -62,6 +66,8 @@ pub struct Bins {
     pub sim: PathBuf,
     /// `consul`.
     pub consul: PathBuf,
+    /// This bench (the oracle runs as its `oracle` subcommand).
+    pub bench: PathBuf,
 }
 
 /// Which cores do what: the system under test gets one to itself; the load generator and the
@@ -107,7 +113,7 @@ impl Context {
 #[derive(Debug, Clone)]
 pub struct Goal {
     /// The goal, as the issue states it.
-    pub goal: &'static str,
+    pub goal: String,
     /// What this run measured.
     pub measured: String,
     /// Whether it was met.
@@ -139,6 +145,7 @@ pub async fn run(scenario: Scenario, context: &Context) -> Findings {
         Scenario::Streams => streams::run(context).await,
         Scenario::Discovery => discovery::run(context).await,
         Scenario::Fleet => fleet::run(context, fleet::Variant::Steady).await,
+        Scenario::FleetHomogeneous => fleet::run(context, fleet::Variant::Homogeneous).await,
         Scenario::Failure => fleet::run(context, fleet::Variant::Failures).await,
         Scenario::Mesh => mesh::run(context).await,
     };

@@ -50,7 +50,7 @@ pub async fn run(context: &Context) -> Findings {
     let rates: Vec<f64> = context.pick(vec![2_000.0, 5_000.0, 10_000.0, 20_000.0], vec![5_000.0]);
     let mut measured = Vec::new();
     let mut skipped = Vec::new();
-    for kind in PeerKind::ALL {
+    for kind in PeerKind::ALL.into_iter().filter(|k| k.is_proxy()) {
         let setup = PeerSetup {
             backends: fleet.addrs(),
             workers: 1,
@@ -58,9 +58,11 @@ pub async fn run(context: &Context) -> Findings {
             work_dir: context.work_dir.join(format!("overhead-{kind:?}")),
             model: MODEL.to_owned(),
             router_bin: context.bins.router.clone(),
+            bench_bin: context.bins.bench.clone(),
             time_scale: 1.0,
             slots: vec![64; fleet.addrs().len()],
             policy: None,
+            placement: Vec::new(),
         };
         match peers::start(kind, &setup).await {
             Ok(peer) => measured.push(measure(context, peer, &rates).await),
@@ -84,7 +86,7 @@ fn goals(measured: &[Measured]) -> Vec<Goal> {
     if let Some(nginx) = find(PeerKind::Nginx) {
         let times = router.max.throughput / nginx.max.throughput.max(1.0);
         goals.push(Goal {
-            goal: "small requests: router throughput ≥ 1.0× nginx least_conn",
+            goal: "small requests: router throughput ≥ 1.0× nginx least_conn".into(),
             measured: format!(
                 "{times:.2}× ({:.0} vs {:.0} requests/s)",
                 router.max.throughput, nginx.max.throughput
@@ -97,7 +99,8 @@ fn goals(measured: &[Measured]) -> Vec<Goal> {
         {
             let per_core = nginx_cpu.as_secs_f64() / router_cpu.as_secs_f64().max(1e-9);
             goals.push(Goal {
-                goal: "small requests: router requests per CPU-second ≥ 1.0× nginx least_conn",
+                goal: "small requests: router requests per CPU-second ≥ 1.0× nginx least_conn"
+                    .into(),
                 measured: format!(
                     "{per_core:.2}× ({:.1} vs {:.1} µs of CPU per request)",
                     router_cpu.as_secs_f64() * 1e6,
@@ -121,7 +124,7 @@ fn goals(measured: &[Measured]) -> Vec<Goal> {
         .max_by_key(|(_, added)| *added);
     if let Some((rate, added)) = added {
         goals.push(Goal {
-            goal: "small requests: p99 added over direct ≤ 1 ms",
+            goal: "small requests: p99 added over direct ≤ 1 ms".into(),
             measured: format!("at most {} (at {rate:.0} requests/s)", ms(added)),
             met: added <= Duration::from_millis(1),
         });

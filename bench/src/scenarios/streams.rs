@@ -61,7 +61,10 @@ pub async fn run(context: &Context) -> Findings {
     let mut measured = Vec::new();
     let mut skipped = Vec::new();
     let mut configs = Vec::new();
-    for kind in PeerKind::ALL.into_iter().filter(|k| k.api() == Api::Native) {
+    for kind in PeerKind::ALL
+        .into_iter()
+        .filter(|k| k.is_proxy() && k.api() == Api::Native)
+    {
         for &streams in &counts {
             let setup = PeerSetup {
                 backends: fleet.addrs(),
@@ -70,9 +73,11 @@ pub async fn run(context: &Context) -> Findings {
                 work_dir: context.work_dir.join(format!("streams-{kind:?}-{streams}")),
                 model: MODEL.to_owned(),
                 router_bin: context.bins.router.clone(),
+                bench_bin: context.bins.bench.clone(),
                 time_scale: 1.0,
                 slots: vec![u32::try_from(slots).unwrap_or(u32::MAX); fleet.addrs().len()],
                 policy: None,
+                placement: Vec::new(),
             };
             let peer = match peers::start(kind, &setup).await {
                 Ok(peer) => peer,
@@ -142,7 +147,8 @@ fn goals(measured: &[Measured]) -> Vec<Goal> {
     let rss_mb = router.rss_kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
     let broken = router.summary.stalled + router.summary.failed + router.summary.dropped;
     vec![Goal {
-        goal: "10 000 concurrent NDJSON streams through one router: none stalled, RSS ≤ 256 MB",
+        goal: "10 000 concurrent NDJSON streams through one router: none stalled, RSS ≤ 256 MB"
+            .into(),
         measured: format!(
             "{} streams (the most this machine's open-files limit allows): {} stalled, {} \
              failed, RSS {rss_mb:.0} MB",

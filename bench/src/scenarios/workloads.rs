@@ -55,10 +55,62 @@ fn post(path: &str, body: serde_json::Value, stream: bool, label: &str) -> Reque
 /// history with every turn, so a node that served its previous turn has the prefix cached.
 pub struct Conversations {
     rng: fastrand::Rng,
+    mixes: Mixes,
     open: Vec<Conversation>,
     /// Requests until the mix shifts.
     shift_after: u64,
     stream: bool,
+}
+
+/// A model mix as (model, weight).
+pub type Mix = &'static [(&'static str, u32)];
+
+/// The model mix before and after the shift.
+#[derive(Debug, Clone, Copy)]
+pub struct Mixes {
+    /// Before the shift.
+    pub early: Mix,
+    /// After it.
+    pub late: Mix,
+}
+
+impl Mixes {
+    /// The heterogeneous fleet's: chat on small models first, then larger ones that do not
+    /// all fit in one GPU's memory beside them.
+    pub const HETEROGENEOUS: Mixes = Mixes {
+        early: &[("llama3.2:3b", 6), ("qwen2.5:7b", 2), ("mistral:7b", 2)],
+        late: &[("qwen2.5:14b", 5), ("gemma2:9b", 3), ("llama3.2:3b", 2)],
+    };
+
+    /// The homogeneous fleet's: six models, four early and four late, more than fit in one
+    /// node's memory at once.
+    pub const HOMOGENEOUS: Mixes = Mixes {
+        early: &[
+            ("llama3.2:3b", 4),
+            ("qwen2.5:7b", 2),
+            ("mistral:7b", 2),
+            ("llama3.1:8b", 2),
+        ],
+        late: &[
+            ("qwen2.5:14b", 4),
+            ("gemma2:9b", 3),
+            ("llama3.2:3b", 2),
+            ("llama3.1:8b", 1),
+        ],
+    };
+
+    /// Every model either mix uses, sorted.
+    pub fn models(&self) -> Vec<&'static str> {
+        let mut models: Vec<&str> = self
+            .early
+            .iter()
+            .chain(self.late)
+            .map(|(m, _)| *m)
+            .collect();
+        models.sort_unstable();
+        models.dedup();
+        models
+    }
 }
 
 struct Conversation {
@@ -66,42 +118,30 @@ struct Conversation {
     messages: Vec<serde_json::Value>,
 }
 
-/// The mix before and after the shift, as (model, weight): chat on small models first, then
-/// larger ones that do not all fit in one GPU's memory beside them.
-const EARLY_MIX: &[(&str, u32)] = &[("llama3.2:3b", 6), ("qwen2.5:7b", 2), ("mistral:7b", 2)];
-const LATE_MIX: &[(&str, u32)] = &[("qwen2.5:14b", 5), ("gemma2:9b", 3), ("llama3.2:3b", 2)];
-
 /// Conversations open at once; a new turn continues one of them or, when it has had its
 /// turns, starts a new one.
 const OPEN_CONVERSATIONS: usize = 64;
 const TURNS: usize = 4;
 
 impl Conversations {
-    /// Conversations whose mix shifts after `shift_after` requests, streamed or not;
-    /// deterministic for a seed.
-    pub fn new(seed: u64, shift_after: u64, stream: bool) -> Self {
+    /// Conversations over `mixes` whose mix shifts after `shift_after` requests, streamed or
+    /// not; deterministic for a seed.
+    pub fn new(seed: u64, mixes: Mixes, shift_after: u64, stream: bool) -> Self {
         Self {
             rng: fastrand::Rng::with_seed(seed),
+            mixes,
             open: Vec::new(),
             shift_after,
             stream,
         }
     }
 
-    /// Every model the workload uses.
-    pub fn models() -> Vec<&'static str> {
-        let mut models: Vec<&str> = EARLY_MIX.iter().chain(LATE_MIX).map(|(m, _)| *m).collect();
-        models.sort_unstable();
-        models.dedup();
-        models
-    }
-
     /// The `n`th request.
     pub fn next(&mut self, n: u64) -> RequestSpec {
         let mix = if n < self.shift_after {
-            EARLY_MIX
+            self.mixes.early
         } else {
-            LATE_MIX
+            self.mixes.late
         };
         if self.open.len() < OPEN_CONVERSATIONS {
             self.open.push(Conversation::new(pick(&mut self.rng, mix)));
@@ -165,7 +205,7 @@ mod tests {
 
     #[test]
     fn conversations_resend_their_history_and_shift_their_mix() {
-        let mut conversations = Conversations::new(7, 200, true);
+        let mut conversations = Conversations::new(7, Mixes::HETEROGENEOUS, 200, true);
         let early: Vec<RequestSpec> = (0..200).map(|n| conversations.next(n)).collect();
         let late: Vec<RequestSpec> = (200..400).map(|n| conversations.next(n)).collect();
         let share = |requests: &[RequestSpec], model: &str| {

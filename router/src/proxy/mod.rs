@@ -18,6 +18,7 @@
 //! * `connections`: the cap on open client connections.
 //! * `lookup`: asking the nodes for a model their Meta does not list yet.
 //! * `peer`: how Pingora reaches a node (HTTP, HTTPS, or Connect mTLS in the mesh).
+//! * `preload`: loading a model on a node ahead of need, when the scheduler orders it.
 //!
 //! Which node serves a request, and when, is the [`Scheduler`]'s decision: the proxy describes
 //! the request as an [`crate::schedule::Ask`] and holds the [`crate::schedule::Permit`] it gets
@@ -38,6 +39,7 @@ mod large_body;
 mod limits;
 mod lookup;
 mod peer;
+mod preload;
 mod request;
 mod respond;
 mod route;
@@ -151,6 +153,7 @@ impl MeshProxy {
         active: ActiveRequests,
     ) -> Self {
         let fanout = FanOut::new(settings.backend_tls.as_ref(), settings.mesh.as_deref());
+        scheduler.set_preloader(Arc::new(preload::NodePreloader::new(fanout.clone())));
         // Views and lookups are small reads; a node that cannot answer them quickly is left out.
         let node_read_timeout = settings.connect_timeout.max(Duration::from_secs(5));
         Self {

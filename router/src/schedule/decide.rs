@@ -26,6 +26,9 @@
 //! when the queue at its warm nodes costs more than a load, and a conversation stays with the
 //! node holding its prefix until waiting there costs more than reading the prefix elsewhere.
 //!
+//! When the request waits, the `preload` policy may also load its model on a cold node ahead
+//! of need (see [`super::preload`]).
+//!
 //! Every policy avoids a node that just failed requests (refused or reset connections, Ollama's
 //! "server busy"): for a second after a failure, doubling with each failure in a row up to 30 s,
 //! unless avoiding it would leave no candidate. A node that fails fast would otherwise look
@@ -42,6 +45,7 @@ use super::candidates::{candidates, ScheduleError};
 use super::learned::Costs;
 use super::least_outstanding::{self, least_loaded_of_two};
 use super::memory::{Memory, ModelMemory};
+use super::preload::PRELOAD_SHARE;
 use super::Policy;
 use crate::backend::Backend;
 use crate::backend_set::BackendSet;
@@ -58,8 +62,12 @@ const MIN_REMAINING_SHARE: f64 = 0.1;
 pub enum Decision {
     /// Send it to this node.
     Dispatch(Arc<Backend>),
-    /// Hold it at the router until a slot frees.
-    Wait,
+    /// Hold it at the router until a slot frees; meanwhile load its model on `preload`, when
+    /// set (see [`super::preload`]).
+    Wait {
+        /// A node to load the model on ahead of need.
+        preload: Option<Arc<Backend>>,
+    },
 }
 
 /// The costed view of one candidate.
@@ -103,7 +111,7 @@ pub fn decide(
         let open: Vec<&Arc<Backend>> = found.iter().copied().filter(|b| free(b)).collect();
         let group = if warm.is_empty() { open } else { warm };
         if group.is_empty() {
-            return Ok(Decision::Wait);
+            return Ok(Decision::Wait { preload: None });
         }
         return Ok(Decision::Dispatch(least_loaded_of_two(&group, rng).clone()));
     }
@@ -130,9 +138,42 @@ pub fn decide(
         .map(|c| found[c.index])
         .collect();
     if equal.is_empty() {
-        return Ok(Decision::Wait);
+        let preload = policy
+            .preloads()
+            .then(|| preload_target(memory, &found, &costed, residency, best, now))
+            .flatten();
+        return Ok(Decision::Wait { preload });
     }
     Ok(Decision::Dispatch(least_loaded_of_two(&equal, rng).clone()))
+}
+
+/// The node to load the model on ahead of need while the request waits, if any (see
+/// [`super::preload`]): the cheapest cold node with a free slot whose load evicts nothing
+/// busy and where no such load failed lately, once the wait `best` has reached
+/// [`PRELOAD_SHARE`] of its cost; none while another such load of the model runs, or for
+/// other than the default runner options.
+fn preload_target(
+    memory: &Memory,
+    found: &[&Arc<Backend>],
+    costed: &[Costed],
+    residency: &Residency,
+    best: f64,
+    now: Instant,
+) -> Option<Arc<Backend>> {
+    if residency.runner != 0 || memory.preloading(&residency.model, now) {
+        return None;
+    }
+    let cold = costed
+        .iter()
+        .filter(|c| {
+            let backend = found[c.index];
+            c.free
+                && memory.may_preload(backend.id(), &residency.model, now)
+                && !memory.is_resident(backend, residency, now)
+                && memory.eviction(backend, &residency.model, now) != Some(false)
+        })
+        .min_by(|a, b| a.ttft.total_cmp(&b.ttft))?;
+    (best >= PRELOAD_SHARE * cold.ttft).then(|| found[cold.index].clone())
 }
 
 /// `exclude` with the nodes avoided for failing requests added, when some candidate is left
@@ -187,7 +228,12 @@ fn ttft(
     });
     let resident = memory.is_resident(backend, residency, now);
     let load = if resident {
-        0.0
+        // What is left of a load asked ahead of need.
+        model_memory
+            .and_then(|m| m.loading_until)
+            .map_or(0.0, |until| {
+                until.saturating_duration_since(now).as_secs_f64()
+            })
     } else {
         let busy_other_runner = model_memory
             .is_some_and(|m| !m.running.is_empty() && m.runner.unwrap_or(0) != residency.runner);

@@ -47,6 +47,10 @@ pub struct ModelMemory {
     pub last_sent: Option<Instant>,
     /// When the router last judged the model evicted there by a load of another.
     pub evicted_at: Option<Instant>,
+    /// Until when a load the router asked for ahead of need is expected to run.
+    pub loading_until: Option<Instant>,
+    /// Until when no load ahead of need is asked of this node again, after one failed.
+    pub no_preload_until: Option<Instant>,
     /// Conversation prefixes recently served there, most recent first.
     pub prefixes: VecDeque<u64>,
     /// Learned costs.
@@ -224,35 +228,108 @@ impl Memory {
         id: u64,
         now: Instant,
     ) {
-        if !self.is_resident(backend, residency, now) {
-            // Ollama evicts the least recently used idle model to make room.
-            if self.eviction(backend, &residency.model, now) == Some(true) {
-                let victim = self
-                    .resident_others(backend, &residency.model, now)
-                    .into_iter()
-                    .filter(|(_, idle, _)| *idle)
-                    .min_by_key(|(_, _, last)| *last)
-                    .map(|(name, _, _)| name);
-                if let Some(victim) = victim {
-                    let memory = self.model_mut(backend.id(), &victim);
-                    memory.evicted_at = Some(now);
-                    memory.prefixes.clear();
-                }
-            }
-        }
         let slots = backend.slots();
-        let memory = self.model_mut(backend.id(), &residency.model);
-        if memory.runner.unwrap_or(0) != residency.runner {
-            memory.prefixes.clear();
-        }
-        memory.runner = Some(residency.runner);
-        memory.last_sent = Some(now);
+        let memory = self.send(backend, residency, now);
         memory.running.push(Running { id, since: now });
         if let Some(prefix) = affinity {
             memory.prefixes.retain(|p| *p != prefix);
             memory.prefixes.push_front(prefix);
             memory.prefixes.truncate(slots);
         }
+    }
+
+    /// Records a load of `residency` asked of `backend` ahead of need, expected to run until
+    /// `until`.
+    pub fn preload(
+        &mut self,
+        backend: &Backend,
+        residency: &Residency,
+        until: Instant,
+        now: Instant,
+    ) {
+        self.send(backend, residency, now).loading_until = Some(until);
+    }
+
+    /// Records how a load asked ahead of need ended: with Ollama's `load_duration` (learned as
+    /// the node's load time), or failed (the model may not be there: trust Meta again, and ask
+    /// that node for no other load ahead of need for a while).
+    pub fn preloaded(
+        &mut self,
+        node: &Arc<str>,
+        model: &str,
+        load: Option<Duration>,
+        now: Instant,
+    ) {
+        let Some(memory) = self
+            .nodes
+            .get_mut(node)
+            .and_then(|n| n.models.get_mut(model))
+        else {
+            return;
+        };
+        memory.loading_until = None;
+        match load {
+            Some(load) => {
+                memory.learned.load_seconds.observe(load.as_secs_f64(), now);
+                self.fleet
+                    .entry(model.to_owned())
+                    .or_default()
+                    .load_seconds
+                    .observe(load.as_secs_f64(), now);
+            }
+            None => {
+                memory.no_preload_until = Some(now + META_LAG);
+                if memory.running.is_empty() {
+                    memory.last_sent = None;
+                }
+            }
+        }
+    }
+
+    /// Whether a load ahead of need may be asked of `node` for `model`: none failed there
+    /// lately.
+    pub fn may_preload(&self, node: &str, model: &str, now: Instant) -> bool {
+        self.model(node, model)
+            .and_then(|m| m.no_preload_until)
+            .is_none_or(|until| now >= until)
+    }
+
+    /// Whether a load of `model` asked ahead of need is under way on any node.
+    pub fn preloading(&self, model: &str, now: Instant) -> bool {
+        self.nodes.values().any(|node| {
+            node.models
+                .get(model)
+                .and_then(|m| m.loading_until)
+                .is_some_and(|until| now < until)
+        })
+    }
+
+    /// Notes that `residency` goes to `backend` now (a request or a load): Ollama makes room
+    /// for it by evicting the least recently used idle model, and loads it with these runner
+    /// options. Returns the model's memory there.
+    fn send(&mut self, backend: &Backend, residency: &Residency, now: Instant) -> &mut ModelMemory {
+        if !self.is_resident(backend, residency, now)
+            && self.eviction(backend, &residency.model, now) == Some(true)
+        {
+            let victim = self
+                .resident_others(backend, &residency.model, now)
+                .into_iter()
+                .filter(|(_, idle, _)| *idle)
+                .min_by_key(|(_, _, last)| *last)
+                .map(|(name, _, _)| name);
+            if let Some(victim) = victim {
+                let memory = self.model_mut(backend.id(), &victim);
+                memory.evicted_at = Some(now);
+                memory.prefixes.clear();
+            }
+        }
+        let memory = self.model_mut(backend.id(), &residency.model);
+        if memory.runner.unwrap_or(0) != residency.runner {
+            memory.prefixes.clear();
+        }
+        memory.runner = Some(residency.runner);
+        memory.last_sent = Some(now);
+        memory
     }
 
     /// Records the end of permit `id` for `model` (if it was for one) on `node`, held since

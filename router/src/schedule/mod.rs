@@ -35,7 +35,9 @@
 //! them one at a time: `least-outstanding` (no queue; the router before it had a scheduler),
 //! `queue` (slots capped per node and model, the rest held at the router), `residency` (+ the
 //! cost model: never load a model where waiting is cheaper), `affinity` (+ conversation
-//! prefixes), `learned` (+ costs learned per node and model instead of defaults; the default).
+//! prefixes), `learned` (+ costs learned per node and model instead of defaults), `preload`
+//! (+ a model loaded on a cold node ahead of need while its queue grows, see [`preload`]; the
+//! default).
 //!
 //! Fairness, slots and queues are per router replica: replicas do not share counts.
 
@@ -46,12 +48,13 @@ pub mod learned;
 pub mod least_outstanding;
 pub mod memory;
 mod permit;
+pub mod preload;
 pub mod retry;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -64,6 +67,7 @@ use decide::{decide, Decision};
 pub use learned::{Costs, Outcome, Timings};
 use memory::Memory;
 pub use permit::Permit;
+pub use preload::{Preload, Preloaded, Preloader};
 pub use retry::{Retries, RetryBudget};
 
 use crate::backend::Backend;
@@ -87,18 +91,21 @@ pub enum Policy {
     /// + conversation prefixes: sticky until saturated.
     Affinity,
     /// + costs learned per node and model.
-    #[default]
     Learned,
+    /// + a model loaded on a cold node ahead of need while its queue grows.
+    #[default]
+    Preload,
 }
 
 impl Policy {
     /// Every policy, simplest first.
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 6] = [
         Self::LeastOutstanding,
         Self::Queue,
         Self::Residency,
         Self::Affinity,
         Self::Learned,
+        Self::Preload,
     ];
 
     /// The name `--schedule` takes.
@@ -109,6 +116,7 @@ impl Policy {
             Self::Residency => "residency",
             Self::Affinity => "affinity",
             Self::Learned => "learned",
+            Self::Preload => "preload",
         }
     }
 
@@ -126,6 +134,11 @@ impl Policy {
     pub fn learns(self) -> bool {
         self >= Self::Learned
     }
+
+    /// Whether models are loaded ahead of need.
+    pub fn preloads(self) -> bool {
+        self >= Self::Preload
+    }
 }
 
 impl fmt::Display for Policy {
@@ -136,7 +149,9 @@ impl fmt::Display for Policy {
 
 /// A policy name that is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a policy; use one of least-outstanding, queue, residency, affinity, learned")]
+#[error(
+    "{0:?} is not a policy; use one of least-outstanding, queue, residency, affinity, learned, preload"
+)]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {
@@ -217,6 +232,8 @@ pub struct Scheduler {
     retries: RetryBudget,
     metrics: Metrics,
     state: Mutex<State>,
+    /// Carries out loads ahead of need; none in tests that do not ask for them.
+    preloader: OnceLock<Arc<dyn Preloader>>,
 }
 
 impl fmt::Debug for Scheduler {
@@ -248,7 +265,27 @@ impl Scheduler {
                 last_review: Instant::now(),
                 rng: fastrand::Rng::with_seed(seed),
             }),
+            preloader: OnceLock::new(),
         })
+    }
+
+    /// Who carries out this scheduler's loads ahead of need (the proxy); set once.
+    pub fn set_preloader(&self, preloader: Arc<dyn Preloader>) {
+        // A second preloader would send the same orders twice: the first one stays.
+        let _ = self.preloader.set(preloader);
+    }
+
+    /// Learns how a load asked ahead of need ended (see [`preload`]), and hands the node's
+    /// slots to waiting requests if the queue now has a better place.
+    pub fn preloaded(self: &Arc<Self>, node: &Arc<str>, model: &str, load: Preloaded) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.memory.preloaded(node, model, load, now);
+        self.metrics
+            .preload(model, if load.is_some() { "loaded" } else { "failed" });
+        let (handoffs, preloads) = self.dispatch(&mut state, now);
+        drop(state);
+        self.hand_off(handoffs, preloads);
     }
 
     /// The settings.
@@ -286,12 +323,19 @@ impl Scheduler {
                 now,
                 &mut state.rng,
             )?;
-            if let Decision::Dispatch(backend) = decision {
-                let grant = grant(state, backend, &ask, now);
-                drop(guard);
-                return Ok(self.permit(grant));
-            }
+            let preload = match decision {
+                Decision::Dispatch(backend) => {
+                    let grant = grant(state, backend, &ask, now);
+                    drop(guard);
+                    return Ok(self.permit(grant));
+                }
+                Decision::Wait { preload } => preload,
+            };
             let shed = self.make_room(state, &ask)?;
+            let preloads: Vec<Preload> = preload
+                .and_then(|backend| self.order_preload(state, backend, &ask, now))
+                .into_iter()
+                .collect();
             let (sender, receiver) = oneshot::channel();
             let id = next_id(state);
             if let Some(key) = &ask.key {
@@ -307,9 +351,7 @@ impl Scheduler {
                 handoff: sender,
             });
             drop(guard);
-            if let Some(shed) = shed {
-                self.hand_off(vec![shed]);
-            }
+            self.hand_off(shed.into_iter().collect(), preloads);
             (receiver, id)
         };
         let mut leave = LeaveQueue {
@@ -429,9 +471,9 @@ impl Scheduler {
         if state.queue.is_empty() {
             return;
         }
-        let handoffs = self.dispatch(&mut state, now);
+        let (handoffs, preloads) = self.dispatch(&mut state, now);
         drop(state);
-        self.hand_off(handoffs);
+        self.hand_off(handoffs, preloads);
     }
 
     /// Walks the queue unless someone has in the last [`REVIEW_INTERVAL`].
@@ -441,13 +483,14 @@ impl Scheduler {
         if now.saturating_duration_since(state.last_review) < REVIEW_INTERVAL {
             return;
         }
-        let handoffs = self.dispatch(&mut state, now);
+        let (handoffs, preloads) = self.dispatch(&mut state, now);
         drop(state);
-        self.hand_off(handoffs);
+        self.hand_off(handoffs, preloads);
     }
 
-    /// Places every waiting request that can be placed now, in queue order.
-    fn dispatch(&self, state: &mut State, now: Instant) -> Vec<Handoff> {
+    /// Places every waiting request that can be placed now, in queue order, and orders the
+    /// loads ahead of need that the ones still waiting call for.
+    fn dispatch(&self, state: &mut State, now: Instant) -> (Vec<Handoff>, Vec<Preload>) {
         state.last_review = now;
         let set = self.fleet.backends();
         state.memory.prune(&set);
@@ -467,6 +510,7 @@ impl Scheduler {
         }
         let mut ahead: HashMap<Option<String>, usize> = HashMap::new();
         let mut placed: Vec<(usize, Result<Arc<Backend>, ScheduleError>)> = Vec::new();
+        let mut preloads = Vec::new();
         for index in order {
             let waiter = &state.queue[index];
             let model = waiter.ask.canonical_model().map(str::to_owned);
@@ -494,8 +538,12 @@ impl Scheduler {
                     }
                     placed.push((index, Ok(backend)));
                 }
-                Ok(Decision::Wait) => {
+                Ok(Decision::Wait { preload }) => {
                     *ahead.entry(model).or_default() += 1;
+                    if let Some(backend) = preload {
+                        let ask = waiter.ask.clone();
+                        preloads.extend(self.order_preload(state, backend, &ask, now));
+                    }
                 }
                 // A node may come back while the request can still wait.
                 Err(ScheduleError::NoneAvailable) => {}
@@ -530,7 +578,34 @@ impl Scheduler {
         }
         // `swap_remove` broke arrival order; waiters are ordered by ID anyway.
         state.queue.sort_by_key(|w| w.id);
-        handoffs
+        (handoffs, preloads)
+    }
+
+    /// Records a load of `ask`'s model on `backend` ahead of need and returns the order for
+    /// the preloader; `None` without a preloader (nothing would carry it out).
+    fn order_preload(
+        &self,
+        state: &mut State,
+        backend: Arc<Backend>,
+        ask: &Ask,
+        now: Instant,
+    ) -> Option<Preload> {
+        self.preloader.get()?;
+        let residency = ask.residency.as_ref()?;
+        let costs = Costs::learned(
+            state
+                .memory
+                .model(backend.id(), &residency.model)
+                .map(|m| &m.learned),
+            state.memory.fleet.get(&residency.model),
+        );
+        let until = now + Duration::from_secs_f64(costs.load_seconds.max(0.0));
+        state.memory.preload(&backend, residency, until, now);
+        self.metrics.preload(&residency.model, "ordered");
+        Some(Preload {
+            backend,
+            model: residency.model.clone(),
+        })
     }
 
     /// Makes room in the queue for `ask`: nothing to do below `--queue-max`; else sheds the
@@ -594,12 +669,17 @@ impl Scheduler {
         })
     }
 
-    /// Sends each waiter its answer. A waiter that has gone drops its permit, which frees the
-    /// slot for the next one.
-    fn hand_off(self: &Arc<Self>, handoffs: Vec<Handoff>) {
+    /// Sends each waiter its answer, and the preloader its orders (both outside the lock). A
+    /// waiter that has gone drops its permit, which frees the slot for the next one.
+    fn hand_off(self: &Arc<Self>, handoffs: Vec<Handoff>, preloads: Vec<Preload>) {
         for (sender, result) in handoffs {
             let answer = result.map(|grant| self.permit(grant));
             drop(sender.send(answer));
+        }
+        if let Some(preloader) = self.preloader.get() {
+            for order in preloads {
+                preloader.preload(self.clone(), order);
+            }
         }
     }
 

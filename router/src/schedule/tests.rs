@@ -409,7 +409,7 @@ fn policies_are_named_for_the_flag() {
     for policy in Policy::ALL {
         assert_eq!(policy.name().parse::<Policy>(), Ok(policy));
     }
-    assert_eq!(Policy::default(), Policy::Learned);
+    assert_eq!(Policy::default(), Policy::Preload);
     assert!("fastest".parse::<Policy>().is_err());
     assert_eq!("Critical".parse::<Priority>(), Ok(Priority::Critical));
     assert!("urgent".parse::<Priority>().is_err());
@@ -475,4 +475,117 @@ async fn a_conversation_does_not_follow_its_prefix_to_a_node_that_lost_the_model
     tokio::time::advance(memory::META_LAG + Duration::from_secs(1)).await;
     fleet.rebuild(&[node("a", true, 1), node("b", false, 1)]);
     assert_eq!(id(&now(&scheduler, turn).await), "a");
+}
+
+/// Records the loads ahead of need a scheduler orders.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(String, String)>>);
+
+impl Preloader for Recorder {
+    fn preload(&self, _scheduler: Arc<Scheduler>, order: Preload) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((order.backend.id().to_string(), order.model));
+    }
+}
+
+impl Recorder {
+    fn orders(&self) -> Vec<(String, String)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn preloading(instances: &[Instance]) -> (Arc<Scheduler>, Arc<Recorder>) {
+    let (scheduler, _) = scheduler(Policy::Preload, instances);
+    let recorder = Arc::new(Recorder::default());
+    scheduler.set_preloader(recorder.clone());
+    (scheduler, recorder)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_growing_queue_loads_the_model_on_a_cold_node_before_scaling_out_pays() {
+    let (scheduler, recorder) = preloading(&[node("warm", true, 1), node("cold", false, 1)]);
+    let _running = now(&scheduler, ask()).await;
+    // Defaults: 5 s a request, 10 s a load. The first waiter expects the warm slot in 5 s:
+    // half a load's cost, over the two fifths at which the cold node starts loading while the
+    // request waits.
+    let first = waiting(&scheduler, ask()).await;
+    assert!(
+        !first.is_finished(),
+        "waiting at the warm node is still cheaper"
+    );
+    assert_eq!(recorder.orders(), [("cold".to_owned(), MODEL.to_owned())]);
+    let cold = scheduler.fleet.backends().get("cold").unwrap().clone();
+    assert!(
+        scheduler
+            .report(&cold)
+            .iter()
+            .any(|m| m.model == MODEL && m.resident),
+        "the loading node counts as resident"
+    );
+    // The next waiter would wait 10 s at the warm node: the cold one, loading for the last
+    // 4 s, is cheaper, and no second load is ordered.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let second = waiting(&scheduler, ask()).await;
+    let second = second.await.unwrap().expect("a permit on the loading node");
+    assert_eq!(id(&second), "cold");
+    assert_eq!(
+        recorder.orders().len(),
+        1,
+        "one load ahead per model at a time"
+    );
+    // The load's answer teaches the node's load time.
+    scheduler.preloaded(cold.id(), MODEL, Some(Duration::from_secs(3)));
+    let report = scheduler.report(&cold);
+    let learned = report.iter().find(|m| m.model == MODEL).unwrap();
+    assert_eq!(learned.learned.load_seconds, Some(3.0));
+    drop(first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_loaded_ahead_for_other_runner_options_or_without_the_policy() {
+    let (preload, recorder) = preloading(&[node("warm", true, 1), node("cold", false, 1)]);
+    let bigger_context = || Ask {
+        residency: Some(Residency {
+            model: MODEL.into(),
+            runner: 42,
+        }),
+        ..ask()
+    };
+    let _running = now(&preload, bigger_context()).await;
+    let _waiter = waiting(&preload, bigger_context()).await;
+    assert!(recorder.orders().is_empty(), "{:?}", recorder.orders());
+
+    let (learned, _) = scheduler(
+        Policy::Learned,
+        &[node("warm", true, 1), node("cold", false, 1)],
+    );
+    let recorder = Arc::new(Recorder::default());
+    learned.set_preloader(recorder.clone());
+    let _running = now(&learned, ask()).await;
+    let _waiter = waiting(&learned, ask()).await;
+    assert!(recorder.orders().is_empty(), "learned does not load ahead");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_load_ahead_leaves_the_node_cold_again() {
+    let (scheduler, recorder) = preloading(&[node("warm", true, 1), node("cold", false, 1)]);
+    let _running = now(&scheduler, ask()).await;
+    let _waiter = waiting(&scheduler, ask()).await;
+    assert_eq!(recorder.orders().len(), 1);
+    let cold = scheduler.fleet.backends().get("cold").unwrap().clone();
+    scheduler.preloaded(cold.id(), MODEL, None);
+    assert!(
+        !scheduler
+            .report(&cold)
+            .iter()
+            .any(|m| m.model == MODEL && m.resident),
+        "a failed load is not trusted"
+    );
+    assert_eq!(
+        recorder.orders().len(),
+        1,
+        "nor asked of that node again at once"
+    );
 }
