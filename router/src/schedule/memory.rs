@@ -13,7 +13,7 @@ use ollama_mesh_consul::contract::meta::canonical_model_name;
 use tokio::time::Instant;
 
 use super::ask::Residency;
-use super::learned::{Learned, Outcome};
+use super::learned::{Learned, Outcome, Seen};
 use crate::backend::Backend;
 use crate::backend_set::BackendSet;
 
@@ -333,7 +333,7 @@ impl Memory {
     }
 
     /// Records the end of permit `id` for `model` (if it was for one) on `node`, held since
-    /// `since`.
+    /// `since`, with what the router `seen` of it.
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
         &mut self,
@@ -342,6 +342,7 @@ impl Memory {
         id: u64,
         since: Instant,
         outcome: &Outcome,
+        seen: &Seen,
         now: Instant,
     ) {
         let held = now.saturating_duration_since(since);
@@ -352,7 +353,7 @@ impl Memory {
         let Some(model) = model else { return };
         if let Some(memory) = node_memory.models.get_mut(model) {
             memory.running.retain(|r| r.id != id);
-            memory.learned.observe(outcome, held, now);
+            memory.learned.observe(outcome, seen, held, now);
             if outcome.node_failed && memory.running.is_empty() {
                 // The node may never have loaded it: trust Meta again.
                 memory.last_sent = None;
@@ -361,7 +362,7 @@ impl Memory {
         self.fleet
             .entry(model.to_owned())
             .or_default()
-            .observe(outcome, held, now);
+            .observe(outcome, seen, held, now);
     }
 
     /// Whether `node` is being avoided for failing requests.

@@ -64,7 +64,7 @@ use tokio::time::Instant;
 pub use ask::{Ask, Priority, Residency, UnknownPriority, PRIORITY_HEADER};
 pub use candidates::ScheduleError;
 use decide::{decide, Decision};
-pub use learned::{Costs, Outcome, Timings};
+pub use learned::{Costs, Outcome, Seen, Timings};
 use memory::Memory;
 pub use permit::Permit;
 pub use preload::{Preload, Preloaded, Preloader};
@@ -217,6 +217,8 @@ struct Grant {
     model: Option<String>,
     key: Option<Arc<str>>,
     since: Instant,
+    /// What the router sees of the request, for learning.
+    seen: Seen,
 }
 
 /// The answer to a waiter, sent once the lock is released.
@@ -400,6 +402,7 @@ impl Scheduler {
             model: None,
             key: None,
             since: Instant::now(),
+            seen: Seen::default(),
         };
         drop(state);
         self.permit(grant)
@@ -457,6 +460,7 @@ impl Scheduler {
             grant.id,
             grant.since,
             outcome,
+            &grant.seen,
             now,
         );
         if let Some(model) = &grant.model {
@@ -509,7 +513,7 @@ impl Scheduler {
             });
         }
         let mut ahead: HashMap<Option<String>, usize> = HashMap::new();
-        let mut placed: Vec<(usize, Result<Arc<Backend>, ScheduleError>)> = Vec::new();
+        let mut placed: Vec<(usize, Result<(Arc<Backend>, Seen), ScheduleError>)> = Vec::new();
         let mut preloads = Vec::new();
         for index in order {
             let waiter = &state.queue[index];
@@ -527,16 +531,8 @@ impl Scheduler {
             ) {
                 Ok(Decision::Dispatch(backend)) => {
                     // Reserve at once, so the next waiter sees the slot taken.
-                    if let Some(residency) = &waiter.ask.residency {
-                        state.memory.dispatch(
-                            &backend,
-                            residency,
-                            waiter.ask.affinity,
-                            waiter.id,
-                            now,
-                        );
-                    }
-                    placed.push((index, Ok(backend)));
+                    let seen = reserve(&mut state.memory, &backend, &waiter.ask, waiter.id, now);
+                    placed.push((index, Ok((backend, seen))));
                 }
                 Ok(Decision::Wait { preload }) => {
                     *ahead.entry(model).or_default() += 1;
@@ -562,12 +558,13 @@ impl Scheduler {
                 waiter.ask.priority,
                 now.saturating_duration_since(waiter.since),
             );
-            let grant = result.map(|backend| Grant {
+            let grant = result.map(|(backend, seen)| Grant {
                 id: waiter.id,
                 backend,
                 model: waiter.ask.canonical_model().map(str::to_owned),
                 key: waiter.ask.key.clone(),
                 since: now,
+                seen,
             });
             if grant.is_err() {
                 if let Some(key) = &waiter.ask.key {
@@ -770,11 +767,7 @@ fn waiting_for(queue: &[Waiter], model: Option<&str>) -> usize {
 /// Reserves a slot on `backend` for `ask` and describes the permit.
 fn grant(state: &mut State, backend: Arc<Backend>, ask: &Ask, now: Instant) -> Grant {
     let id = next_id(state);
-    if let Some(residency) = &ask.residency {
-        state
-            .memory
-            .dispatch(&backend, residency, ask.affinity, id, now);
-    }
+    let seen = reserve(&mut state.memory, &backend, ask, id, now);
     if let Some(key) = &ask.key {
         *state.keys.entry(key.clone()).or_default() += 1;
     }
@@ -784,6 +777,22 @@ fn grant(state: &mut State, backend: Arc<Backend>, ask: &Ask, now: Instant) -> G
         model: ask.canonical_model().map(str::to_owned),
         key: ask.key.clone(),
         since: now,
+        seen,
+    }
+}
+
+/// Takes a slot on `backend` for `ask` as permit `id`, and says what the router knows of it
+/// as it goes: whether the model must be loaded there first, and the prompt's size.
+fn reserve(memory: &mut Memory, backend: &Backend, ask: &Ask, id: u64, now: Instant) -> Seen {
+    let Some(residency) = &ask.residency else {
+        return Seen::default();
+    };
+    let cold = !memory.is_resident(backend, residency, now);
+    memory.dispatch(backend, residency, ask.affinity, id, now);
+    Seen {
+        cold,
+        prompt_tokens: ask.prompt_tokens,
+        first_byte: None,
     }
 }
 
