@@ -221,6 +221,9 @@ struct Grant {
     seen: Seen,
 }
 
+/// A waiting request's node, and what the router knows of the request there.
+type Placed = (Arc<Backend>, Seen);
+
 /// The answer to a waiter, sent once the lock is released.
 type Handoff = (
     oneshot::Sender<Result<Permit, ScheduleError>>,
@@ -513,7 +516,9 @@ impl Scheduler {
             });
         }
         let mut ahead: HashMap<Option<String>, usize> = HashMap::new();
-        let mut placed: Vec<(usize, Result<(Arc<Backend>, Seen), ScheduleError>)> = Vec::new();
+        // Each placed waiter's index and its node (with what the router knows of it there), or
+        // why it has none.
+        let mut placed: Vec<(usize, Result<Placed, ScheduleError>)> = Vec::new();
         let mut preloads = Vec::new();
         for index in order {
             let waiter = &state.queue[index];
