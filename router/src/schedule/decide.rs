@@ -215,10 +215,7 @@ fn ttft(
 ) -> f64 {
     let model_memory = memory.model(backend.id(), &residency.model);
     let costs = if policy.learns() {
-        Costs::learned(
-            model_memory.map(|m| &m.learned),
-            memory.fleet.get(&residency.model),
-        )
+        memory.costs(backend.id(), &residency.model)
     } else {
         Costs::defaults()
     };

@@ -174,11 +174,14 @@ impl Costs {
         }
     }
 
-    /// The first figure known of `node`, then `fleet`, then the default.
-    pub fn learned(node: Option<&Learned>, fleet: Option<&Learned>) -> Self {
+    /// Each figure from the first of `sources` that has learned it (most specific first: the
+    /// node's, the fleet's for the model, the fleet's for any model), else the default.
+    pub fn learned(sources: &[Option<&Learned>]) -> Self {
         let pick = |field: fn(&Learned) -> Average, default: f64| {
-            node.and_then(|l| field(l).get())
-                .or_else(|| fleet.and_then(|l| field(l).get()))
+            sources
+                .iter()
+                .flatten()
+                .find_map(|l| field(l).get())
                 .unwrap_or(default)
         };
         let defaults = Self::defaults();
@@ -315,7 +318,7 @@ mod tests {
         assert_eq!(learned.decode_tps.get(), Some(50.0));
         assert_eq!(learned.load_seconds.get(), Some(4.0));
         assert_eq!(learned.service_seconds.get(), Some(7.0));
-        let costs = Costs::learned(Some(&learned), None);
+        let costs = Costs::learned(&[Some(&learned), None]);
         assert_eq!(costs.prefill_tps, 2_000.0);
         // A failed request teaches nothing; a warm answer's tiny load_duration is no load time.
         let mut warm = Learned::default();
@@ -346,12 +349,17 @@ mod tests {
         assert_eq!(warm.load_seconds.get(), None);
         // The fleet's figure stands in for a node that has none.
         assert_eq!(
-            Costs::learned(Some(&warm), Some(&learned)).load_seconds,
+            Costs::learned(&[Some(&warm), Some(&learned)]).load_seconds,
             4.0
         );
         assert_eq!(
-            Costs::learned(None, None).load_seconds,
+            Costs::learned(&[None, None]).load_seconds,
             DEFAULT_LOAD.as_secs_f64()
+        );
+        // Any model's figure stands in for a model nothing is known of, before the default.
+        assert_eq!(
+            Costs::learned(&[None, None, Some(&learned)]).load_seconds,
+            4.0
         );
     }
 }

@@ -13,7 +13,7 @@ use ollama_mesh_consul::contract::meta::canonical_model_name;
 use tokio::time::Instant;
 
 use super::ask::Residency;
-use super::learned::{Learned, Outcome, Seen};
+use super::learned::{Costs, Learned, Outcome, Seen};
 use crate::backend::Backend;
 use crate::backend_set::BackendSet;
 
@@ -102,6 +102,9 @@ pub struct Memory {
     pub nodes: HashMap<Arc<str>, NodeMemory>,
     /// Learned costs per model across the fleet, for nodes that have none yet.
     pub fleet: HashMap<String, Learned>,
+    /// Learned costs of every model across the fleet, for a model nothing is known of yet: a
+    /// load of one model says more about the next one's than a fixed default does.
+    pub any_model: Learned,
     /// The set last pruned against.
     last_set: Option<Arc<BackendSet>>,
 }
@@ -270,12 +273,11 @@ impl Memory {
         memory.loading_until = None;
         match load {
             Some(load) => {
-                memory.learned.load_seconds.observe(load.as_secs_f64(), now);
-                self.fleet
-                    .entry(model.to_owned())
-                    .or_default()
-                    .load_seconds
-                    .observe(load.as_secs_f64(), now);
+                let seconds = load.as_secs_f64();
+                memory.learned.load_seconds.observe(seconds, now);
+                let fleet = self.fleet.entry(model.to_owned()).or_default();
+                fleet.load_seconds.observe(seconds, now);
+                self.any_model.load_seconds.observe(seconds, now);
             }
             None => {
                 memory.no_preload_until = Some(now + META_LAG);
@@ -363,6 +365,17 @@ impl Memory {
             .entry(model.to_owned())
             .or_default()
             .observe(outcome, seen, held, now);
+        self.any_model.observe(outcome, seen, held, now);
+    }
+
+    /// The costs to expect of `model` on `node`: what was learned there, else across the fleet
+    /// for the model, else for any model, else the defaults.
+    pub fn costs(&self, node: &str, model: &str) -> Costs {
+        Costs::learned(&[
+            self.model(node, model).map(|m| &m.learned),
+            self.fleet.get(model),
+            Some(&self.any_model),
+        ])
     }
 
     /// Whether `node` is being avoided for failing requests.

@@ -594,13 +594,7 @@ impl Scheduler {
     ) -> Option<Preload> {
         self.preloader.get()?;
         let residency = ask.residency.as_ref()?;
-        let costs = Costs::learned(
-            state
-                .memory
-                .model(backend.id(), &residency.model)
-                .map(|m| &m.learned),
-            state.memory.fleet.get(&residency.model),
-        );
+        let costs = state.memory.costs(backend.id(), &residency.model);
         let until = now + Duration::from_secs_f64(costs.load_seconds.max(0.0));
         state.memory.preload(&backend, residency, until, now);
         self.metrics.preload(&residency.model, "ordered");
