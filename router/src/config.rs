@@ -102,10 +102,21 @@ pub struct Settings {
     #[arg(long, env = "OLLAMA_MESH_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<String>,
 
-    /// Longest silence from a backend: before its first byte (which includes loading the model
-    /// into memory, often minutes) and between two chunks of a response. [default: 600s]
+    /// Longest silence from a backend in any case: the bound on the two deadlines below.
+    /// [default: 600s]
     #[arg(long, env = "OLLAMA_MESH_READ_TIMEOUT")]
     pub read_timeout: Option<String>,
+
+    /// How long a node has for the first byte of an answer, plus twice the time the scheduler
+    /// expects the request to take there (a model load, a queue, the answer itself); then the
+    /// request is retried on another node, or answered 504. [default: 30s]
+    #[arg(long, env = "OLLAMA_MESH_FIRST_BYTE_TIMEOUT")]
+    pub first_byte_timeout: Option<String>,
+
+    /// Longest gap in a response once it has started; a stream that stalls longer ends with an
+    /// error chunk in the caller's dialect. [default: 30s]
+    #[arg(long, env = "OLLAMA_MESH_STREAM_IDLE_TIMEOUT")]
+    pub stream_idle_timeout: Option<String>,
 
     /// Other backends tried when one fails before anything was sent to the client. [default: 2]
     #[arg(long, env = "OLLAMA_MESH_RETRIES")]
@@ -278,11 +289,14 @@ impl KeySources {
 pub struct Timeouts {
     /// Connecting to a backend.
     pub connect: Duration,
-    /// Any wait for a backend's bytes: the first one (model loads included) and every gap
-    /// between chunks. Pingora applies one read timeout to every read from a backend, so the
-    /// two cannot differ; a whole-request limit is left to clients, since a router-side one
-    /// would cut long generations that are working fine.
+    /// Any wait for a backend's bytes, whatever the two below say (Pingora's read timeout).
+    /// A whole-request limit is left to clients, since a router-side one would cut long
+    /// generations that are working fine.
     pub read: Duration,
+    /// The first byte, before the expected time on the node is added.
+    pub first_byte: Duration,
+    /// A gap in a response that has started.
+    pub stream_idle: Duration,
 }
 
 /// The validated configuration.
@@ -348,6 +362,11 @@ const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:11435";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The seed's nginx used 600 s: a cold model load on a slow disk takes minutes.
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// Long enough for a node to take a request it has room for; the model load and the queue
+/// are added per request.
+const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A node generating sends a token every few tens of milliseconds.
+const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_RETRIES: u32 = 2;
 /// Long enough for a typical generation to finish, short enough that a rolling restart of
@@ -380,6 +399,8 @@ impl Settings {
             consul_addr: overrides.consul_addr.or(self.consul_addr),
             connect_timeout: overrides.connect_timeout.or(self.connect_timeout),
             read_timeout: overrides.read_timeout.or(self.read_timeout),
+            first_byte_timeout: overrides.first_byte_timeout.or(self.first_byte_timeout),
+            stream_idle_timeout: overrides.stream_idle_timeout.or(self.stream_idle_timeout),
             retries: overrides.retries.or(self.retries),
             schedule: overrides.schedule.or(self.schedule),
             queue_max: overrides.queue_max.or(self.queue_max),
@@ -505,6 +526,16 @@ impl RouterConfig {
                 settings.read_timeout.as_deref(),
                 DEFAULT_READ_TIMEOUT,
             )?,
+            first_byte: timeout(
+                "first-byte-timeout",
+                settings.first_byte_timeout.as_deref(),
+                DEFAULT_FIRST_BYTE_TIMEOUT,
+            )?,
+            stream_idle: timeout(
+                "stream-idle-timeout",
+                settings.stream_idle_timeout.as_deref(),
+                DEFAULT_STREAM_IDLE_TIMEOUT,
+            )?,
         };
         let threads = match settings.threads {
             Some(n) => {
@@ -605,7 +636,8 @@ impl RouterConfig {
             )
         };
         format!(
-            "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}; \
+            "listen {}; ops {}; backends {backends}; consul {}{}; timeouts: connect {}, read {}, \
+             first byte {} + twice the expected time, stream gap {}; \
              schedule {} (queue {} for at most {}); retries {}; threads {}; grace period {}; \
              max body {} bytes; max header {} bytes; \
              client timeout {}; max connections {}; TLS {}; TLS to the nodes {}; mesh {}; \
@@ -620,6 +652,8 @@ impl RouterConfig {
             },
             humantime::format_duration(self.timeouts.connect),
             humantime::format_duration(self.timeouts.read),
+            humantime::format_duration(self.timeouts.first_byte),
+            humantime::format_duration(self.timeouts.stream_idle),
             self.schedule.policy,
             self.schedule.queue_max,
             humantime::format_duration(self.schedule.queue_timeout),

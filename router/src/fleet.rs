@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use ollama_mesh_consul::watch::WatchStatus;
+use tokio::sync::watch;
 
 use crate::{BackendSet, Discovery};
 
@@ -18,6 +19,11 @@ pub trait Fleet: Send + Sync + 'static {
     /// The Consul watches feeding the set, by name, for metrics and readiness details; empty
     /// for sources that do not use Consul.
     fn watches(&self) -> Vec<(&'static str, Arc<WatchStatus>)>;
+
+    /// Notified after each new set is published; `None` for sources whose set never changes.
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 impl Fleet for Discovery {
@@ -36,5 +42,9 @@ impl Fleet for Discovery {
         ];
         watches.extend(self.mesh_watches());
         watches
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.subscribe())
     }
 }

@@ -141,6 +141,8 @@ fn main() -> anyhow::Result<()> {
     let settings = ProxySettings {
         connect_timeout: config.timeouts.connect,
         read_timeout: config.timeouts.read,
+        first_byte_timeout: config.timeouts.first_byte,
+        stream_idle_timeout: config.timeouts.stream_idle,
         schedule: config.schedule.clone(),
         max_body_size: usize::try_from(config.max_body_size).unwrap_or(usize::MAX),
         enable_management: config.enable_management,

@@ -75,6 +75,9 @@ struct Families {
     queue_shed: IntCounterVec,
     preloads: IntCounterVec,
     learned: prometheus::GaugeVec,
+    ejected: IntGaugeVec,
+    ejections: IntCounterVec,
+    attempts_cut: IntCounterVec,
     /// The `(node, instance)` label sets `in_flight` has, so those of instances that left the
     /// fleet are removed rather than reported forever.
     in_flight_labels: Mutex<HashSet<(String, String)>>,
@@ -204,6 +207,24 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         &["instance", "model", "figure"]
     )
     .expect(REGISTERED),
+    ejected: register_int_gauge_vec!(
+        "ollama_mesh_node_ejected",
+        "1 while an instance is ejected for failing requests (or its probe request runs), else 0.",
+        &["instance"]
+    )
+    .expect(REGISTERED),
+    ejections: register_int_counter_vec!(
+        "ollama_mesh_node_ejections_total",
+        "Times each instance was ejected for failing a request.",
+        &["instance"]
+    )
+    .expect(REGISTERED),
+    attempts_cut: register_int_counter_vec!(
+        "ollama_mesh_attempts_cut_total",
+        "Attempts the router ended itself, by reason: first_byte (nothing before the first-byte deadline), stalled (a gap in a stream over --stream-idle-timeout), node_gone (critical or deregistered in Consul), node_draining (drained before its first byte, moved).",
+        &["reason"]
+    )
+    .expect(REGISTERED),
     in_flight_labels: Mutex::new(HashSet::new()),
 }
 });
@@ -268,6 +289,26 @@ impl Metrics {
         self.families()
             .retries
             .with_label_values(&[route, reason])
+            .inc();
+    }
+
+    /// Records that `instance` was ejected for failing a request, or came back.
+    pub fn ejected(&self, instance: &str, ejected: bool) {
+        let families = self.families();
+        families
+            .ejected
+            .with_label_values(&[instance])
+            .set(i64::from(ejected));
+        if ejected {
+            families.ejections.with_label_values(&[instance]).inc();
+        }
+    }
+
+    /// Counts an attempt the router ended itself; `reason` is one of a few fixed words.
+    pub fn attempt_cut(&self, reason: &str) {
+        self.families()
+            .attempts_cut
+            .with_label_values(&[reason])
             .inc();
     }
 

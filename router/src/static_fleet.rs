@@ -240,6 +240,10 @@ impl Fleet for StaticFleet {
     fn watches(&self) -> Vec<(&'static str, Arc<WatchStatus>)> {
         Vec::new()
     }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.generation.clone())
+    }
 }
 
 /// What the router knows of one backend between rounds.

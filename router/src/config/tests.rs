@@ -48,6 +48,8 @@ fn defaults_are_the_documented_ones() {
         Timeouts {
             connect: Duration::from_secs(5),
             read: Duration::from_secs(600),
+            first_byte: Duration::from_secs(30),
+            stream_idle: Duration::from_secs(30),
         }
     );
     assert_eq!(config.schedule.retries, 2);
@@ -75,6 +77,8 @@ fn every_flag_is_read() {
         "--consul-addr=https://consul.internal:8501",
         "--connect-timeout=2s",
         "--read-timeout=15m",
+        "--first-byte-timeout=45s",
+        "--stream-idle-timeout=1m",
         "--retries=0",
         "--threads=3",
         "--grace-period=2m",
@@ -98,6 +102,8 @@ fn every_flag_is_read() {
         Timeouts {
             connect: Duration::from_secs(2),
             read: Duration::from_secs(900),
+            first_byte: Duration::from_secs(45),
+            stream_idle: Duration::from_secs(60),
         }
     );
     assert_eq!(config.schedule.retries, 0);
@@ -225,6 +231,8 @@ fn invalid_values_name_their_flag() {
         ),
         (&["--read-timeout=-1s"], "--read-timeout: "),
         (&["--read-timeout=0s"], "--read-timeout: "),
+        (&["--first-byte-timeout=0s"], "--first-byte-timeout: "),
+        (&["--stream-idle-timeout=soon"], "--stream-idle-timeout: "),
         (&["--threads=0"], "--threads: must be at least 1"),
         (&["--grace-period=forever"], "--grace-period: "),
         (&["--max-body-size=64 parsecs"], "--max-body-size: "),

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::backend::Reach;
 use crate::metrics::state_name;
+use crate::schedule::outlier::EjectionReport;
 use crate::schedule::{ModelReport, Scheduler};
 use crate::{Backend, BackendSet};
 
@@ -92,7 +93,12 @@ impl ChangeLog {
                     .seen
                     .get(&key)
                     .map_or_else(SystemTime::now, |(_, since)| *since);
-                NodeReport::new(backend, since, scheduler.report(backend))
+                NodeReport::new(
+                    backend,
+                    since,
+                    scheduler.report(backend),
+                    scheduler.ejection(backend),
+                )
             })
             .collect()
     }
@@ -118,6 +124,8 @@ pub(super) struct NodeReport {
     /// Per model: this router's requests in flight and the slots, residency, requests waiting,
     /// and what the scheduler learned.
     scheduling: Vec<ModelReport>,
+    /// Whether this router has ejected it for failing requests, and its record.
+    ejection: EjectionReport,
     models: Option<Models>,
     gpu: Option<Gpu>,
     parallel_slots: Option<u32>,
@@ -168,7 +176,12 @@ struct Versions {
 }
 
 impl NodeReport {
-    fn new(backend: &Backend, since: SystemTime, scheduling: Vec<ModelReport>) -> Self {
+    fn new(
+        backend: &Backend,
+        since: SystemTime,
+        scheduling: Vec<ModelReport>,
+        ejection: EjectionReport,
+    ) -> Self {
         let state = backend.state();
         let reason = match state {
             RoutingState::Active { .. } => None,
@@ -196,6 +209,7 @@ impl NodeReport {
             in_flight: backend.in_flight().get(),
             capacity: backend.capacity(),
             scheduling,
+            ejection,
             models: meta.map(|m| Models {
                 on_disk: (&m.models_on_disk).into(),
                 loaded: (&m.models_loaded).into(),

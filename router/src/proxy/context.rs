@@ -10,6 +10,7 @@ use super::completion::CompletionScanner;
 use super::connections::ConnectionPermit;
 use super::limits::Slot;
 use super::route::Route;
+use super::watchdog::{AttemptGuard, Cut};
 use crate::schedule::{Ask, Permit, Retries};
 use crate::server::ActiveRequest;
 
@@ -28,6 +29,8 @@ pub struct RequestContext {
     pub(super) chosen: Option<Permit>,
     /// The node of the current attempt; dropping it frees its slot.
     pub(super) current: Option<Permit>,
+    /// The watch on the current attempt's connection (its deadlines, its node's state).
+    pub(super) attempt: Option<AttemptGuard>,
     /// Nodes already tried for this request.
     pub(super) tried: Vec<Arc<str>>,
     /// Retries this request has left, within the router's budget.
@@ -53,6 +56,7 @@ impl RequestContext {
             request_id: String::new(),
             chosen: None,
             current: None,
+            attempt: None,
             tried: Vec::new(),
             retries,
             started: Instant::now(),
@@ -61,6 +65,11 @@ impl RequestContext {
             _active: active,
             connection: None,
         }
+    }
+
+    /// Why the router ended the current attempt, if it did.
+    pub(super) fn cut(&self) -> Option<Cut> {
+        self.attempt.as_ref().and_then(|a| a.attempt().cut())
     }
 
     /// The model as a metric label: only names a backend was chosen for (so label values stay

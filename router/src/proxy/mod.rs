@@ -19,6 +19,8 @@
 //! * `lookup`: asking the nodes for a model their Meta does not list yet.
 //! * `peer`: how Pingora reaches a node (HTTP, HTTPS, or Connect mTLS in the mesh).
 //! * `preload`: loading a model on a node ahead of need, when the scheduler orders it.
+//! * `watchdog`: the first-byte deadline, the stream gap and Consul's verdict on each attempt,
+//!   enforced on the connection to the node.
 //!
 //! Which node serves a request, and when, is the [`Scheduler`]'s decision: the proxy describes
 //! the request as an [`crate::schedule::Ask`] and holds the [`crate::schedule::Permit`] it gets
@@ -44,6 +46,7 @@ mod request;
 mod respond;
 mod route;
 mod views;
+mod watchdog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +80,7 @@ pub use auth::is_admin_path;
 pub use body::{model_in, ModelInBody};
 pub use route::{encode as encode_path, normalize as normalize_path, Dialect, Management, Route};
 use views::Views;
+use watchdog::{AttemptSpec, Watchdog};
 
 /// Header naming the instance a model-management request is for.
 pub const NODE_HEADER: &str = "x-ollama-mesh-node";
@@ -92,9 +96,13 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct ProxySettings {
     /// Longest wait for a TCP connection to a backend.
     pub connect_timeout: Duration,
-    /// Longest wait for any read from a backend: the first byte (which includes a model load)
-    /// and every gap between chunks.
+    /// Longest wait for any read from a backend, whatever the deadlines below say.
     pub read_timeout: Duration,
+    /// How long a node has for the first byte of an answer, before twice the time the
+    /// scheduler expects the request to take there is added (see `schedule::deadline`).
+    pub first_byte_timeout: Duration,
+    /// Longest gap in a response once its first byte came.
+    pub stream_idle_timeout: Duration,
     /// How requests are scheduled: the policy, the queue, and retries.
     pub schedule: ScheduleSettings,
     /// Largest request body accepted.
@@ -128,6 +136,7 @@ pub struct MeshProxy {
     keys: Option<KeyStore>,
     limits: Limits,
     connections: ConnectionLimit,
+    watchdog: Watchdog,
 }
 
 /// Tells the scheduler that the node of the current attempt failed it, so it is avoided for a
@@ -157,6 +166,7 @@ impl MeshProxy {
         // Views and lookups are small reads; a node that cannot answer them quickly is left out.
         let node_read_timeout = settings.connect_timeout.max(Duration::from_secs(5));
         Self {
+            watchdog: Watchdog::following(&fleet),
             fleet,
             scheduler,
             views: Views::new(fanout.clone(), node_read_timeout),
@@ -297,6 +307,7 @@ impl ProxyHttp for MeshProxy {
     ) -> Result<Box<HttpPeer>> {
         // A retry's earlier attempt frees its slot before the next is taken.
         ctx.current = None;
+        ctx.attempt = None;
         let permit = match ctx.chosen.take() {
             Some(permit) => permit,
             None => {
@@ -312,7 +323,24 @@ impl ProxyHttp for MeshProxy {
         };
         let backend = permit.backend();
         ctx.tried.push(backend.id().clone());
-        let peer = peer::node_peer(backend, &self.settings)?;
+        let connector = self
+            .watchdog
+            .connector(backend.id().clone(), self.settings.connect_timeout);
+        let peer = peer::node_peer(backend, &self.settings, connector)?;
+        let ask = ctx.ask.clone().unwrap_or_default();
+        ctx.attempt = Some(self.watchdog.watch(AttemptSpec {
+            node: backend.id().clone(),
+            first_byte: self.scheduler.first_byte_deadline(
+                backend,
+                &ask,
+                self.settings.first_byte_timeout,
+                self.settings.read_timeout,
+            ),
+            model: ask.model,
+            tried: ctx.tried.clone(),
+            may_move: ctx.retries.left() > 0,
+            stream_idle: self.settings.stream_idle_timeout,
+        }));
         ctx.current = Some(permit);
         Ok(Box::new(peer))
     }
@@ -373,6 +401,9 @@ impl ProxyHttp for MeshProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        if let Some(attempt) = &ctx.attempt {
+            attempt.attempt().head_arrived();
+        }
         // Ollama's "server busy" comes before any byte of a generation: another node may have room.
         if upstream.status.as_u16() == 503 {
             node_failed(ctx);
@@ -433,15 +464,18 @@ impl ProxyHttp for MeshProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("backend {peer}"));
-        if e.esource() == &ErrorSource::Upstream {
+        let cut = ctx.cut();
+        if e.esource() == &ErrorSource::Upstream && cut.as_ref().is_none_or(|c| c.is_node_failure())
+        {
             node_failed(ctx);
         }
         // Retry only while the client has seen nothing and the body can be sent again.
+        let reason = cut.as_ref().map_or("upstream_error", |c| c.reason());
         let retriable = session.response_written().is_none()
             && !session.as_ref().retry_buffer_truncated()
-            && self.may_retry(ctx, "upstream_error");
+            && self.may_retry(ctx, reason);
         if retriable {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "backend failed before answering; trying another");
+            tracing::warn!(request_id = %ctx.request_id, error = %e, reason, "backend failed before answering; trying another");
         }
         e.set_retry(retriable);
         e
@@ -454,16 +488,22 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestContext,
     ) -> FailToProxy {
         let dialect = ctx.route.dialect();
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
+        let cut = ctx
+            .attempt
+            .as_ref()
+            .and_then(|a| a.attempt().cut().map(|cut| (cut, a.attempt().node().clone())));
+        let code = match (e.etype(), &cut) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (_, Some((cut, _))) => cut.status(),
             _ if e.esource() == &ErrorSource::Downstream => 0,
             _ => 502,
         };
-        let message = match e.etype() {
-            ErrorType::HTTPStatus(_) => e
+        let message = match (e.etype(), &cut) {
+            (ErrorType::HTTPStatus(_), _) => e
                 .context
                 .as_ref()
                 .map_or_else(|| e.to_string(), |c| c.as_str().to_owned()),
+            (_, Some((cut, node))) => cut.message(node),
             _ => format!("the Ollama backend failed: {e}"),
         };
         if code > 0 {

@@ -1,6 +1,7 @@
 //! How Pingora reaches one node: plain HTTP, HTTPS verified against `--backend-ca`, or Consul
 //! Connect mutual TLS in the mesh.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ollama_mesh_connect::metrics::{self as connect_metrics, Side};
@@ -8,6 +9,7 @@ use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
 use pingora::{Error, ErrorType, Result};
 
+use super::watchdog::NodeConnector;
 use super::ProxySettings;
 use crate::backend::Reach;
 use crate::backend_tls;
@@ -16,8 +18,12 @@ use crate::Backend;
 /// How long an idle pooled connection to a node is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The peer for `backend`, with the router's time limits.
-pub(super) fn node_peer(backend: &Backend, settings: &ProxySettings) -> Result<HttpPeer> {
+/// The peer for `backend`, with the router's time limits, connected through `connector`.
+pub(super) fn node_peer(
+    backend: &Backend,
+    settings: &ProxySettings,
+    connector: Arc<NodeConnector>,
+) -> Result<HttpPeer> {
     let unreachable = |reason: &str| {
         Error::explain(
             ErrorType::HTTPStatus(502),
@@ -47,6 +53,7 @@ pub(super) fn node_peer(backend: &Backend, settings: &ProxySettings) -> Result<H
     peer.options.connection_timeout = Some(settings.connect_timeout);
     peer.options.read_timeout = Some(settings.read_timeout);
     peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+    peer.options.custom_l4 = Some(connector);
     Ok(peer)
 }
 

@@ -29,10 +29,7 @@
 //! When the request waits, the `preload` policy may also load its model on a cold node ahead
 //! of need (see [`super::preload`]).
 //!
-//! Every policy avoids a node that just failed requests (refused or reset connections, Ollama's
-//! "server busy"): for a second after a failure, doubling with each failure in a row up to 30 s,
-//! unless avoiding it would leave no candidate. A node that fails fast would otherwise look
-//! like the idlest and draw the traffic.
+//! Every policy leaves out the nodes ejected for failing requests (see [`super::outlier`]).
 //!
 //! The policies switch these parts on one at a time (see [`Policy`]).
 
@@ -91,8 +88,8 @@ pub fn decide(
     rng: &mut fastrand::Rng,
 ) -> Result<Decision, ScheduleError> {
     let model = ask.model.as_deref();
-    let avoiding = avoiding(set, memory, model, exclude, now);
-    let exclude = avoiding.as_deref().unwrap_or(exclude);
+    let ejected = memory.outliers.exclude(set, model, exclude, now);
+    let exclude = ejected.as_deref().unwrap_or(exclude);
     if policy == Policy::LeastOutstanding {
         return least_outstanding::choose(set, model, exclude, rng).map(Decision::Dispatch);
     }
@@ -176,26 +173,6 @@ fn preload_target(
     (best >= PRELOAD_SHARE * cold.ttft).then(|| found[cold.index].clone())
 }
 
-/// `exclude` with the nodes avoided for failing requests added, when some candidate is left
-/// without them; `None` when no node is avoided or avoiding them would leave none (then a
-/// failing node is still better than no answer).
-fn avoiding(
-    set: &BackendSet,
-    memory: &Memory,
-    model: Option<&str>,
-    exclude: &[Arc<str>],
-    now: Instant,
-) -> Option<Vec<Arc<str>>> {
-    let avoided = set
-        .backends()
-        .iter()
-        .filter(|b| memory.is_avoided(b.id(), now) && !exclude.contains(b.id()));
-    let mut more: Vec<Arc<str>> = exclude.to_vec();
-    let before = more.len();
-    more.extend(avoided.map(|b| b.id().clone()));
-    (more.len() > before && candidates(set, model, &more).is_ok()).then_some(more)
-}
-
 /// Requests this router has running for the model on `backend`.
 fn running(memory: &Memory, backend: &Backend, residency: &Residency) -> usize {
     memory
@@ -204,7 +181,7 @@ fn running(memory: &Memory, backend: &Backend, residency: &Residency) -> usize {
 }
 
 /// Expected time to first token on `backend`, in seconds.
-fn ttft(
+pub(super) fn ttft(
     policy: Policy,
     memory: &Memory,
     backend: &Backend,
@@ -214,11 +191,7 @@ fn ttft(
     now: Instant,
 ) -> f64 {
     let model_memory = memory.model(backend.id(), &residency.model);
-    let costs = if policy.learns() {
-        memory.costs(backend.id(), &residency.model)
-    } else {
-        Costs::defaults()
-    };
+    let costs = costs(policy, memory, backend, &residency.model);
     let slots = backend.slots();
     let wait = model_memory.map_or(0.0, |m| {
         slot_wait(m, slots, ahead, costs.service_seconds, now)
@@ -260,6 +233,16 @@ fn ttft(
         ask.prompt_tokens
     };
     wait + load + f64::from(tokens) / costs.prefill_tps
+}
+
+/// The costs of `model` on `backend` under `policy`: as learned ([`Memory::costs`]), or the
+/// defaults.
+pub(super) fn costs(policy: Policy, memory: &Memory, backend: &Backend, model: &str) -> Costs {
+    if policy.learns() {
+        memory.costs(backend.id(), model)
+    } else {
+        Costs::defaults()
+    }
 }
 
 /// Seconds until a slot of `memory`'s model frees for a request with `ahead` others before

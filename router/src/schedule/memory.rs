@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::ask::Residency;
 use super::learned::{Costs, Learned, Outcome, Seen};
+use super::outlier::{Change, Outliers};
 use crate::backend::Backend;
 use crate::backend_set::BackendSet;
 
@@ -22,10 +23,6 @@ use crate::backend_set::BackendSet;
 pub const META_LAG: Duration = Duration::from_secs(30);
 /// Models Ollama keeps loaded per GPU (`OLLAMA_MAX_LOADED_MODELS`' default).
 const MAX_LOADED_PER_GPU: usize = 3;
-/// How long a node that failed a request is avoided at first; each failure in a row doubles it.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// The longest a failing node is avoided at once.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One request holding a slot.
 #[derive(Debug, Clone, Copy)]
@@ -62,33 +59,9 @@ pub struct ModelMemory {
 pub struct NodeMemory {
     /// By canonical model name.
     pub models: HashMap<String, ModelMemory>,
-    /// Requests it failed in a row.
-    pub failures: u32,
-    /// Until when it is avoided for failing (a refused connection, "server busy", a reset).
-    pub avoided_until: Option<Instant>,
 }
 
 impl NodeMemory {
-    /// Whether the node is being avoided for failing requests at `now`.
-    pub fn is_avoided(&self, now: Instant) -> bool {
-        self.avoided_until.is_some_and(|until| now < until)
-    }
-
-    /// Notes how a request ended there: a failure avoids the node for a backoff that doubles
-    /// with each failure in a row; an answer ends the streak.
-    fn note(&mut self, outcome: &Outcome, now: Instant) {
-        if outcome.node_failed {
-            self.failures = self.failures.saturating_add(1);
-            let backoff = FIRST_BACKOFF
-                .saturating_mul(1 << self.failures.saturating_sub(1).min(5))
-                .min(MAX_BACKOFF);
-            self.avoided_until = Some(now + backoff);
-        } else if outcome.answered {
-            self.failures = 0;
-            self.avoided_until = None;
-        }
-    }
-
     /// Requests running on the node, all models.
     pub fn running(&self) -> usize {
         self.models.values().map(|m| m.running.len()).sum()
@@ -105,6 +78,8 @@ pub struct Memory {
     /// Learned costs of every model across the fleet, for a model nothing is known of yet: a
     /// load of one model says more about the next one's than a fixed default does.
     pub any_model: Learned,
+    /// Which nodes are ejected for failing requests.
+    pub outliers: Outliers,
     /// The set last pruned against.
     last_set: Option<Arc<BackendSet>>,
 }
@@ -135,6 +110,7 @@ impl Memory {
         }
         self.nodes
             .retain(|id, node| set.get(id).is_some() || node.running() > 0);
+        self.outliers.retain(set);
         self.last_set = Some(set.clone());
     }
 
@@ -335,7 +311,8 @@ impl Memory {
     }
 
     /// Records the end of permit `id` for `model` (if it was for one) on `node`, held since
-    /// `since`, with what the router `seen` of it.
+    /// `since`, with what the router `seen` of it; says whether that ejected the node or
+    /// brought it back.
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
         &mut self,
@@ -346,13 +323,11 @@ impl Memory {
         outcome: &Outcome,
         seen: &Seen,
         now: Instant,
-    ) {
+    ) -> Option<Change> {
         let held = now.saturating_duration_since(since);
+        let change = self.outliers.observe(node, outcome, now);
         let node_memory = self.nodes.entry(node.clone()).or_default();
-        if outcome.node_failed || outcome.answered {
-            node_memory.note(outcome, now);
-        }
-        let Some(model) = model else { return };
+        let Some(model) = model else { return change };
         if let Some(memory) = node_memory.models.get_mut(model) {
             memory.running.retain(|r| r.id != id);
             memory.learned.observe(outcome, seen, held, now);
@@ -366,6 +341,7 @@ impl Memory {
             .or_default()
             .observe(outcome, seen, held, now);
         self.any_model.observe(outcome, seen, held, now);
+        change
     }
 
     /// The costs to expect of `model` on `node`: what was learned there, else across the fleet
@@ -376,11 +352,6 @@ impl Memory {
             self.fleet.get(model),
             Some(&self.any_model),
         ])
-    }
-
-    /// Whether `node` is being avoided for failing requests.
-    pub fn is_avoided(&self, node: &str, now: Instant) -> bool {
-        self.nodes.get(node).is_some_and(|n| n.is_avoided(now))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Scheduling: which node serves a request, and when. One stateful [`Scheduler`], held by the
 //! proxy, owns every rule of it: which instances may serve a request ([`candidates`]), how full
 //! a node is (its parallel slots per model), where a request is worth sending ([`decide`]),
-//! when it waits at the router instead, in which order waiting requests go, and when a failed
-//! attempt is tried again ([`retry`]).
+//! when it waits at the router instead, in which order waiting requests go, which failing
+//! nodes are left out ([`outlier`]), and when a failed attempt is tried again ([`retry`]).
 //!
 //! # How a request is scheduled
 //!
@@ -43,10 +43,12 @@
 
 mod ask;
 pub mod candidates;
+mod deadline;
 pub mod decide;
 pub mod learned;
 pub mod least_outstanding;
 pub mod memory;
+pub mod outlier;
 mod permit;
 pub mod preload;
 pub mod retry;
@@ -457,7 +459,7 @@ impl Scheduler {
     fn release(self: &Arc<Self>, grant: &Grant, outcome: &Outcome) {
         let now = Instant::now();
         let mut state = self.lock();
-        state.memory.finish(
+        let change = state.memory.finish(
             grant.backend.id(),
             grant.model.as_deref(),
             grant.id,
@@ -466,6 +468,9 @@ impl Scheduler {
             &grant.seen,
             now,
         );
+        if let Some(change) = change {
+            self.ejection_changed(grant.backend.id(), change);
+        }
         if let Some(model) = &grant.model {
             if let Some(learned) = state.memory.model(grant.backend.id(), model) {
                 self.metrics

@@ -68,6 +68,10 @@ impl Drop for Permit {
 impl Scheduler {
     /// Makes a decided grant a permit (outside the scheduler's lock).
     pub(super) fn permit(self: &Arc<Self>, grant: Grant) -> Permit {
+        self.lock()
+            .memory
+            .outliers
+            .dispatched(grant.backend.id(), tokio::time::Instant::now());
         Permit {
             _in_flight: InFlightGuard::new(grant.backend.clone()),
             scheduler: self.clone(),

@@ -62,6 +62,13 @@ pub struct Retries {
     left: usize,
 }
 
+impl Retries {
+    /// Retries the request has left, the budget permitting.
+    pub fn left(&self) -> usize {
+        self.left
+    }
+}
+
 impl RetryBudget {
     /// A budget allowing each request `per_request` retries.
     pub fn new(per_request: usize) -> Self {

@@ -91,6 +91,8 @@ pub fn settings() -> ProxySettings {
     ProxySettings {
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(30),
+        first_byte_timeout: Duration::from_secs(30),
+        stream_idle_timeout: Duration::from_secs(30),
         schedule: ollama_mesh_router::schedule::ScheduleSettings {
             retries: 2,
             ..Default::default()

@@ -38,6 +38,10 @@ pub struct FaultSpec {
     /// line, unstreamed requests a 500. `null` turns it off.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
     pub cut_after_tokens: Option<Option<u64>>,
+    /// Generation hangs after this many tokens, the connection open and nothing more sent, as a
+    /// wedged GPU does mid-answer. `null` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
+    pub stall_after_tokens: Option<Option<u64>>,
     /// How health checks answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthMode>,
@@ -54,7 +58,8 @@ pub struct FaultSpec {
     pub exit_after_requests: Option<u64>,
 }
 
-/// Distinguishes an absent field (keep) from `null` (turn off) for `cut_after_tokens`.
+/// Distinguishes an absent field (keep) from `null` (turn off) for `cut_after_tokens` and
+/// `stall_after_tokens`.
 mod nullable {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -75,6 +80,7 @@ pub struct Faults {
     fail_next: AtomicU64,
     stall_ms: AtomicU64,
     cut_after_tokens: AtomicU64,
+    stall_after_tokens: AtomicU64,
     health: AtomicU8,
     health_delay_ms: AtomicU64,
     exit_countdown: AtomicU64,
@@ -102,6 +108,7 @@ impl Faults {
             fail_next: AtomicU64::new(0),
             stall_ms: AtomicU64::new(0),
             cut_after_tokens: AtomicU64::new(OFF),
+            stall_after_tokens: AtomicU64::new(OFF),
             health: AtomicU8::new(HealthMode::Normal as u8),
             health_delay_ms: AtomicU64::new(1000),
             exit_countdown: AtomicU64::new(0),
@@ -125,6 +132,10 @@ impl Faults {
             &self.cut_after_tokens,
             spec.cut_after_tokens.map(|v| v.unwrap_or(OFF)),
         );
+        set(
+            &self.stall_after_tokens,
+            spec.stall_after_tokens.map(|v| v.unwrap_or(OFF)),
+        );
         set(&self.health_delay_ms, spec.health_delay_ms);
         set(&self.exit_countdown, spec.exit_after_requests);
         if let Some(mode) = spec.health {
@@ -141,6 +152,7 @@ impl Faults {
             fail_next: Some(0),
             stall_ms: Some(0),
             cut_after_tokens: Some(None),
+            stall_after_tokens: Some(None),
             health: Some(HealthMode::Normal),
             health_delay_ms: Some(1000),
             exit_after_requests: Some(0),
@@ -151,10 +163,12 @@ impl Faults {
     /// The current faults, every field present.
     pub fn snapshot(&self) -> FaultSpec {
         let cut = self.cut_after_tokens.load(Ordering::Relaxed);
+        let stall = self.stall_after_tokens.load(Ordering::Relaxed);
         FaultSpec {
             fail_next: Some(self.fail_next.load(Ordering::Relaxed)),
             stall_ms: Some(self.stall_ms.load(Ordering::Relaxed)),
             cut_after_tokens: Some((cut != OFF).then_some(cut)),
+            stall_after_tokens: Some((stall != OFF).then_some(stall)),
             health: Some(self.health()),
             health_delay_ms: Some(self.health_delay_ms.load(Ordering::Relaxed)),
             exit_after_requests: Some(self.exit_countdown.load(Ordering::Relaxed)),
@@ -181,6 +195,12 @@ impl Faults {
     pub fn cut_after_tokens(&self) -> Option<u64> {
         let cut = self.cut_after_tokens.load(Ordering::Relaxed);
         (cut != OFF).then_some(cut)
+    }
+
+    /// After how many tokens generation hangs, if it does.
+    pub fn stall_after_tokens(&self) -> Option<u64> {
+        let stall = self.stall_after_tokens.load(Ordering::Relaxed);
+        (stall != OFF).then_some(stall)
     }
 
     /// How health checks answer, and the delay of a slow one.

@@ -76,6 +76,8 @@ pub struct Plan {
     pub seed: u64,
     /// Fail after this many tokens.
     pub cut_after: Option<u64>,
+    /// Hang after this many tokens.
+    pub stall_after: Option<u64>,
 }
 
 /// A generation in progress. Field order matters: the slot is freed before the runner.
@@ -142,6 +144,10 @@ impl Generation {
     pub async fn next(&mut self) -> Step {
         if self.plan.cut_after == Some(u64::from(self.produced)) {
             return Step::Failed;
+        }
+        if self.plan.stall_after == Some(u64::from(self.produced)) {
+            // Until the caller hangs up, which drops the generation.
+            std::future::pending::<()>().await;
         }
         if self.produced >= self.plan.tokens {
             return Step::Done(if self.plan.limited {
@@ -227,6 +233,7 @@ mod tests {
                 limited: true,
                 seed: 1,
                 cut_after: None,
+                stall_after: None,
             };
             let counters = self.stats.model(model);
             Generation::start(

@@ -51,7 +51,7 @@
 //!   [`Simulator::stats`].
 //! - `GET /sim/faults`, `POST /sim/faults`, `DELETE /sim/faults`: read, change, or clear the
 //!   faults. The POST body is a [`FaultSpec`] whose fields are all optional and change only
-//!   what they name, e.g. `{"fail_next": 3}`, `{"stall_ms": 2000}`, `{"cut_after_tokens": 5}`, `{"busy": true}`
+//!   what they name, e.g. `{"fail_next": 3}`, `{"stall_ms": 2000}`, `{"cut_after_tokens": 5}`, `{"stall_after_tokens": 5}`, `{"busy": true}`
 //!   (`null` turns it off), `{"health": "slow", "health_delay_ms": 3000}`, `{"health": "hang"}`,
 //!   `{"exit_after_requests": 1}`. Every answer is the complete resulting [`FaultSpec`].
 //! - `POST /sim/exit`: answers `{"status":"exiting"}`, then the node dies: every connection

@@ -51,6 +51,9 @@ struct Cli {
     /// Cut every generation after K tokens with Ollama's mid-stream error.
     #[arg(long)]
     cut_after_tokens: Option<u64>,
+    /// Hang every generation after K tokens, sending nothing more.
+    #[arg(long)]
+    stall_after_tokens: Option<u64>,
     /// How `/` and `/api/version` answer: normal, slow or hang.
     #[arg(long, value_parser = parse_health)]
     health: Option<HealthMode>,
@@ -99,6 +102,10 @@ impl Cli {
             fail_next: self.fail_next.or(faults.fail_next),
             stall_ms: self.stall_ms.or(faults.stall_ms),
             cut_after_tokens: self.cut_after_tokens.map(Some).or(faults.cut_after_tokens),
+            stall_after_tokens: self
+                .stall_after_tokens
+                .map(Some)
+                .or(faults.stall_after_tokens),
             health: self.health.or(faults.health),
             health_delay_ms: self.health_delay_ms.or(faults.health_delay_ms),
             exit_after_requests: self.exit_after_requests.or(faults.exit_after_requests),

@@ -100,6 +100,7 @@ impl App {
             limited,
             seed,
             cut_after: self.faults.cut_after_tokens(),
+            stall_after: self.faults.stall_after_tokens(),
         };
         let counters = self.stats.model(&job.model.name);
         Ok(Generation::start(
