@@ -105,6 +105,12 @@ async fn a_drained_node_gets_nothing_new_within_a_second_and_finishes_its_stream
     } else {
         (&b, "gpu-b", &a)
     };
+    // Streaming already: a request still waiting for its first byte would move to the other
+    // node on the drain instead (tests/watchdog.rs).
+    while busy.sim().stats()["generated_tokens"].as_u64().unwrap_or(0) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no token came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // The operator drains that node in the Consul UI (a KV key).
     let key = layout::drain_key(&InstanceId::parse(busy_id).unwrap());

@@ -178,13 +178,17 @@ async fn requests_reach_connect_native_nodes_over_mtls_and_plain_nodes_are_skipp
     let client = node.clients.recv().await.unwrap();
     assert_eq!(client.service.service(), "ollama-mesh-router");
     assert_eq!(client.serial, router_identity.serial());
-    // Pooled: six proxied requests and a fleet view took far fewer handshakes (one of them the
-    // router's own proof of the node's certificate).
+    // Each proxied attempt has a connection of its own (the watchdog's, which Pingora does not
+    // pool); the router's own clients (fleet views, the proof of the node's certificate) pool
+    // theirs.
     let mut handshakes = 1;
     while node.clients.try_recv().is_ok() {
         handshakes += 1;
     }
-    assert!(handshakes <= 4, "{handshakes} handshakes for 7 requests");
+    assert!(
+        (6..=8).contains(&handshakes),
+        "{handshakes} handshakes for 6 proxied requests and a fleet view"
+    );
     router.stop().await;
 }
 

@@ -307,7 +307,15 @@ async fn a_failed_request_s_answer_says_its_connection_closes() {
         json!({"model": "llama3.2:3b", "prompt": "hi", "stream": false}),
     )
     .await;
-    assert_eq!(answer.status, 503, "every node tried: {:?}", answer.body);
+    // The only node refused: nowhere else to try, so the refusal is the answer.
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    assert!(
+        answer.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect")),
+        "{:?}",
+        answer.body
+    );
     assert_eq!(
         answer
             .headers

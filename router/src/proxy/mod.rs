@@ -139,8 +139,8 @@ pub struct MeshProxy {
     watchdog: Watchdog,
 }
 
-/// Tells the scheduler that the node of the current attempt failed it, so it is avoided for a
-/// while.
+/// Tells the scheduler that the node of the current attempt failed it, so the outlier
+/// detection can eject it.
 fn node_failed(ctx: &mut RequestContext) {
     if let Some(permit) = ctx.current.as_mut() {
         permit.node_failed();
@@ -188,10 +188,11 @@ impl MeshProxy {
     }
 
     /// Whether a failed attempt of `ctx`'s request may go to another node: nothing reached the
-    /// client yet (the caller checks) and the retry budget allows it. Counts the retry under
-    /// `reason` when it may.
+    /// client yet (the caller checks), some node is left untried, and the retry budget allows
+    /// it. Counts the retry under `reason` when it may.
     fn may_retry(&self, ctx: &mut RequestContext, reason: &str) -> bool {
-        if self.scheduler.retries().allow(&mut ctx.retries) {
+        let others = ctx.tried.len() < self.fleet.backends().len();
+        if others && self.scheduler.retries().allow(&mut ctx.retries) {
             self.metrics.retry(ctx.route.label(), reason);
             true
         } else {
@@ -392,6 +393,8 @@ impl ProxyHttp for MeshProxy {
             upstream.remove_header(API_KEY_HEADER);
         }
         upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        // Watched connections are not pooled (see `watchdog`): the node closes after answering.
+        upstream.insert_header(http::header::CONNECTION, "close")?;
         Ok(())
     }
 
@@ -408,8 +411,7 @@ impl ProxyHttp for MeshProxy {
         if upstream.status.as_u16() == 503 {
             node_failed(ctx);
         }
-        let others = ctx.tried.len() < self.fleet.backends().len();
-        if upstream.status.as_u16() == 503 && others && self.may_retry(ctx, "busy") {
+        if upstream.status.as_u16() == 503 && self.may_retry(ctx, "busy") {
             let mut error = Error::explain(ErrorType::HTTPStatus(503), "backend busy");
             error.set_retry(true);
             return Err(error);

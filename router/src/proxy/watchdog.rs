@@ -18,6 +18,13 @@
 //! every new backend set. TLS (`--backend-tls` and the mesh) runs over the wrapped stream, so
 //! the same holds there.
 //!
+//! Pingora pools only connections with a real file descriptor (it checks the descriptor's peer
+//! address before reusing one), so watched connections are not pooled: each attempt connects
+//! anew and asks the node to close after its answer (`Connection: close`, so the closed
+//! connections wait out TIME_WAIT on the node, not on the router's ports). A connect costs
+//! well under a millisecond on a LAN and, in the mesh, one TLS handshake, against answers that
+//! take seconds; the deadlines are worth it.
+//!
 //! Pingora then sees an upstream read error. Before the response head, `error_while_proxy`
 //! retries the request on another node within the retry budget, or `fail_to_proxy` answers
 //! in the caller's dialect; after it, the stream ends with an error chunk (an NDJSON
