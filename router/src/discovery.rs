@@ -5,10 +5,13 @@
 //!
 //! While Consul is unreachable the watches keep their last snapshots, so routing goes on with
 //! the last good set; [`Discovery::health_status`] and [`Discovery::drain_status`] say so for
-//! metrics and readiness.
+//! metrics and readiness. When Consul suddenly lists no instance at all where it listed some
+//! (an agent restarted empty, a catalog being rebuilt), the last set is kept for
+//! [`EMPTY_CATALOG_GRACE`] while the sidecars register again, unless an instance appears.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ollama_mesh_consul::contract::kv as layout;
@@ -22,6 +25,10 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backend, MeshPolicy};
 use crate::backend_set::BackendSet;
 use crate::mesh::MeshClient;
+
+/// How long the last set is kept when Consul's list of instances turns empty at once: several
+/// of the sidecars' registration retries.
+pub const EMPTY_CATALOG_GRACE: Duration = Duration::from_secs(30);
 
 /// The live backend set of one service. Dropping it stops the watches.
 pub struct Discovery {
@@ -121,19 +128,43 @@ async fn follow(
 ) {
     let mut health_updates = health.subscribe();
     let mut drain_updates = drains.subscribe();
+    // Since when Consul has listed nothing where the published set has instances.
+    let mut emptied: Option<tokio::time::Instant> = None;
     loop {
         let entries = health_updates.borrow_and_update().clone();
         let keys = drain_updates.borrow_and_update().clone();
         if let (Some(entries), Some(keys)) = (entries, keys) {
             let previous = current.load_full();
-            let next = BackendSet::build(&entries, &keys, &previous, policy);
-            log_changes(&previous, &next);
-            current.store(Arc::new(next));
-            generation.send_modify(|g| *g += 1);
+            let now = tokio::time::Instant::now();
+            let sudden_empty = entries.is_empty() && !previous.is_empty();
+            if !sudden_empty {
+                emptied = None;
+            } else if emptied.is_none() {
+                tracing::warn!(
+                    instances = previous.len(),
+                    grace = ?EMPTY_CATALOG_GRACE,
+                    "Consul lists no instance at all; routing on the last set while they register again"
+                );
+                emptied = Some(now);
+            }
+            let holding = emptied.is_some_and(|since| now < since + EMPTY_CATALOG_GRACE);
+            if !holding {
+                let next = BackendSet::build(&entries, &keys, &previous, policy);
+                log_changes(&previous, &next);
+                current.store(Arc::new(next));
+                generation.send_modify(|g| *g += 1);
+            }
         }
+        let grace_over = async {
+            match emptied {
+                Some(since) => tokio::time::sleep_until(since + EMPTY_CATALOG_GRACE).await,
+                None => std::future::pending().await,
+            }
+        };
         let changed = tokio::select! {
             changed = health_updates.changed() => changed,
             changed = drain_updates.changed() => changed,
+            () = grace_over => Ok(()),
         };
         if changed.is_err() {
             tracing::error!("a Consul watch stopped; routing stays on the last backend set");

@@ -280,7 +280,10 @@ async fn a_stream_goes_on_while_its_node_drains_and_ends_with_an_error_when_it_d
 async fn until(condition: impl Fn() -> bool) {
     let started = Instant::now();
     while !condition() {
-        assert!(started.elapsed() < Duration::from_secs(10), "condition never held");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "condition never held"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -191,7 +191,12 @@ impl MeshProxy {
     /// client yet (the caller checks), some node is left untried, and the retry budget allows
     /// it. Counts the retry under `reason` when it may.
     fn may_retry(&self, ctx: &mut RequestContext, reason: &str) -> bool {
-        let others = ctx.tried.len() < self.fleet.backends().len();
+        let others = self
+            .fleet
+            .backends()
+            .backends()
+            .iter()
+            .any(|b| !ctx.tried.contains(b.id()));
         if others && self.scheduler.retries().allow(&mut ctx.retries) {
             self.metrics.retry(ctx.route.label(), reason);
             true
@@ -490,10 +495,11 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestContext,
     ) -> FailToProxy {
         let dialect = ctx.route.dialect();
-        let cut = ctx
-            .attempt
-            .as_ref()
-            .and_then(|a| a.attempt().cut().map(|cut| (cut, a.attempt().node().clone())));
+        let cut = ctx.attempt.as_ref().and_then(|a| {
+            a.attempt()
+                .cut()
+                .map(|cut| (cut, a.attempt().node().clone()))
+        });
         let code = match (e.etype(), &cut) {
             (ErrorType::HTTPStatus(code), _) => *code,
             (_, Some((cut, _))) => cut.status(),
@@ -508,17 +514,31 @@ impl ProxyHttp for MeshProxy {
             (_, Some((cut, node))) => cut.message(node),
             _ => format!("the Ollama backend failed: {e}"),
         };
+        let mut reusable = false;
         if code > 0 {
-            // The connection is not reused after a failure (below): say so in the answer, or a
-            // client would send its next request on a connection about to close.
-            session.set_keepalive(None);
-            let written = if session.response_written().is_some() {
+            let written = match session
+                .response_written()
+                .map(|r| r.headers.contains_key(http::header::CONTENT_LENGTH))
+            {
                 // Mid-stream: end the stream with an error line the client's parser understands.
-                session
-                    .write_response_body(Some(dialect::stream_error(dialect, &message)), true)
-                    .await
-            } else {
-                respond_error(session, dialect, code, &message).await
+                // A chunked stream then ends as HTTP says, and its connection stays usable (a
+                // client told nothing else would reuse it anyway).
+                Some(sized) => {
+                    let ended = session
+                        .write_response_body(Some(dialect::stream_error(dialect, &message)), true)
+                        .await;
+                    reusable = !sized && ended.is_ok();
+                    if !reusable {
+                        session.set_keepalive(None);
+                    }
+                    ended
+                }
+                None => {
+                    // The connection is not reused after a failure: say so in the answer, or
+                    // a client would send its next request on a connection about to close.
+                    session.set_keepalive(None);
+                    respond_error(session, dialect, code, &message).await
+                }
             };
             if let Err(write_error) = written {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not tell the client");
@@ -526,7 +546,7 @@ impl ProxyHttp for MeshProxy {
         }
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reusable,
         }
     }
 

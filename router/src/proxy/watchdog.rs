@@ -367,31 +367,30 @@ impl L4Connect for NodeConnector {
         let SocketAddr::Inet(address) = address else {
             return Error::e_explain(ErrorType::ConnectError, "nodes are reached over TCP");
         };
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
-            .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(error)) => {
-                let kind = match error.kind() {
-                    io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
-                    _ => ErrorType::ConnectError,
-                };
-                return Err(Error::because(
-                    kind,
-                    format!("cannot connect to {address}"),
-                    error,
-                ));
-            }
-            Err(_) => {
-                return Error::e_explain(
-                    ErrorType::ConnectTimedout,
-                    format!(
-                        "no connection to {address} within {} (--connect-timeout)",
-                        humantime::format_duration(self.connect_timeout)
-                    ),
-                )
-            }
-        };
+        let tcp =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(error)) => {
+                    let kind = match error.kind() {
+                        io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+                        _ => ErrorType::ConnectError,
+                    };
+                    return Err(Error::because(
+                        kind,
+                        format!("cannot connect to {address}"),
+                        error,
+                    ));
+                }
+                Err(_) => {
+                    return Error::e_explain(
+                        ErrorType::ConnectTimedout,
+                        format!(
+                            "no connection to {address} within {} (--connect-timeout)",
+                            humantime::format_duration(self.connect_timeout)
+                        ),
+                    )
+                }
+            };
         tcp.set_nodelay(true)
             .map_err(|e| Error::because(ErrorType::ConnectError, "set TCP_NODELAY", e))?;
         let socket = WatchedSocket {

@@ -121,7 +121,10 @@ impl Outliers {
             health.ejections += 1;
             return Some(Change::Ejected(backoff));
         }
-        if health.failure_rate(now).is_none_or(|rate| rate < FAILING_RATE) {
+        if health
+            .failure_rate(now)
+            .is_none_or(|rate| rate < FAILING_RATE)
+        {
             health.level = 0;
         }
         health.ejected_until = None;
@@ -224,7 +227,11 @@ impl Scheduler {
     pub(super) fn ejection_changed(&self, node: &str, change: Change) {
         match change {
             Change::Ejected(backoff) => {
-                tracing::warn!(instance = node, ?backoff, "instance failed a request; ejected");
+                tracing::warn!(
+                    instance = node,
+                    ?backoff,
+                    "instance failed a request; ejected"
+                );
                 self.metrics.ejected(node, true);
             }
             Change::Returned => {
@@ -275,7 +282,10 @@ mod tests {
         outliers.observe(&node, &failed(), Instant::now());
         assert!(outliers.report("a", Instant::now()).ejected);
         tokio::time::advance(FIRST_BACKOFF).await;
-        assert!(!outliers.report("a", Instant::now()).ejected, "probe allowed");
+        assert!(
+            !outliers.report("a", Instant::now()).ejected,
+            "probe allowed"
+        );
         outliers.dispatched("a", Instant::now());
         let report = outliers.report("a", Instant::now());
         assert!(report.ejected && report.probing, "{report:?}");

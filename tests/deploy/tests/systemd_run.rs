@@ -14,28 +14,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ollama_mesh_deploy_tests::{read_env_file, workspace_root, Unit};
-use ollama_mesh_test_support::{free_port, http, ConsulDev, SimNode};
+use ollama_mesh_test_support::{free_port, http, workspace_binary, ConsulDev, SimNode};
 use tokio::net::UnixDatagram;
 
 /// Debug binaries start in well under a second; this allows for a loaded CI machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where the binaries under test are: the profile directory this test was built into
-/// (`target/<profile>`, honouring `CARGO_TARGET_DIR`), which `cargo test --workspace` (and so
-/// `scripts/test`) fills with the workspace's binaries before any test runs.
-fn binary_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/<test binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps")
-        .to_path_buf()
-}
 
 /// A unit's `ExecStart=` running as a child process, killed if the test fails midway.
 struct Service {
@@ -63,13 +51,8 @@ impl Service {
             "{name}: ExecStart={} (the test maps /usr/local/bin to the build)",
             program.display()
         );
-        let binary = binary_dir().join(program.file_name().unwrap());
-        assert!(
-            binary.is_file(),
-            "{} is missing: build it first with `cargo build -p ollama-mesh-router -p \
-             ollama-mesh-sidecar --bins` (scripts/test builds every binary before the tests)",
-            binary.display()
-        );
+        // The workspace's binaries stand in for /usr/local/bin.
+        let binary = workspace_binary(program.file_name().unwrap().to_str().unwrap());
 
         // A clean environment, as systemd gives a service: PATH, then the env file, then the
         // unit's Environment= lines (which systemd applies before EnvironmentFile=; neither
