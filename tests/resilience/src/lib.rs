@@ -564,8 +564,7 @@ pub async fn generate(
     };
     let last = body
         .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .last()
+        .rfind(|l| !l.is_empty())
         .and_then(|l| serde_json::from_slice::<Value>(l).ok());
     match last {
         Some(line) if line["done"] == true && status == 200 => Ending::Answered,
