@@ -221,7 +221,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     .expect(REGISTERED),
     attempts_cut: register_int_counter_vec!(
         "ollama_mesh_attempts_cut_total",
-        "Attempts the router ended itself, by reason: first_byte (nothing before the first-byte deadline), stalled (a gap in a stream over --stream-idle-timeout), node_gone (critical or deregistered in Consul), node_draining (drained before its first byte, moved).",
+        "Attempts the router ended itself, by reason: first_byte (nothing before the first-byte deadline), stalled (a gap in a stream over --stream-idle-timeout), node_gone (a critical check in Consul), node_draining and node_left (drained or deregistered before its first byte: moved).",
         &["reason"]
     )
     .expect(REGISTERED),

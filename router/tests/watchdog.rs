@@ -3,7 +3,7 @@
 //! request retried elsewhere, or answered 504 in the caller's dialect; a stream that stalls
 //! ends with an error chunk in the caller's dialect; and Consul's verdict ends attempts in
 //! flight at once (moved before their first byte, cut mid-stream on a dead node, left to
-//! finish on a draining one).
+//! finish on a draining or deregistered one).
 
 mod common;
 
@@ -242,7 +242,7 @@ async fn consuls_verdict_moves_requests_waiting_for_their_first_byte_at_once() {
 }
 
 #[tokio::test]
-async fn a_stream_goes_on_while_its_node_drains_and_ends_with_an_error_when_it_dies() {
+async fn a_stream_goes_on_while_its_node_drains_or_leaves_and_ends_with_an_error_when_it_dies() {
     // Real time: 8 tokens take a while, enough to change the set mid-stream.
     let slow = node(1.0).await;
     let entries = [entry("slow", slow.addr(), &[MODEL], &[MODEL], 1)];
@@ -253,6 +253,17 @@ async fn a_stream_goes_on_while_its_node_drains_and_ends_with_an_error_when_it_d
     let mut stream = streaming(&router.url("/api/generate"), generate(true)).await;
     stream.first_line().await;
     fleet.publish(&entries, &["slow"]);
+    let lines = stream.rest().await;
+    assert_eq!(
+        serde_json::from_str::<Value>(lines.last().unwrap()).unwrap()["done"],
+        true
+    );
+
+    // Gone from the catalog mid-stream (a restarted agent, say): the stream finishes too.
+    fleet.publish(&entries, &[]);
+    let mut stream = streaming(&router.url("/api/generate"), generate(true)).await;
+    stream.first_line().await;
+    fleet.publish(&[], &[]);
     let lines = stream.rest().await;
     assert_eq!(
         serde_json::from_str::<Value>(lines.last().unwrap()).unwrap()["done"],

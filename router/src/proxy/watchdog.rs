@@ -14,8 +14,8 @@
 //! the task of the request, while a pooled connection is polled from the pool's own task,
 //! which finds no attempt and reads straight through — and fails with a timeout error once the
 //! attempt is [`Cut`]: its first-byte deadline passed, the stream stalled, or the node was
-//! declared gone (or drained, before its first byte) by [`Watchdog::judge`], which runs on
-//! every new backend set. TLS (`--backend-tls` and the mesh) runs over the wrapped stream, so
+//! declared down (or drained or deregistered, before its first byte) by [`Watchdog::judge`],
+//! which runs on every new backend set. TLS (`--backend-tls` and the mesh) runs over the wrapped stream, so
 //! the same holds there.
 //!
 //! Pingora pools only connections with a real file descriptor (it checks the descriptor's peer
@@ -67,7 +67,7 @@ pub enum Cut {
         /// The limit.
         gap: Duration,
     },
-    /// Consul says the node is down (a critical check) or it left the catalog.
+    /// Consul says the node is down: a check is critical.
     NodeGone {
         /// Why, as Consul says it.
         reason: String,
@@ -75,6 +75,10 @@ pub enum Cut {
     /// The node is draining and the request had not had its first byte: it moves to another
     /// node.
     NodeDraining,
+    /// The node left the Consul catalog and the request had not had its first byte: it moves.
+    /// Its streams go on: a sidecar deregisters only after its drain, and an agent restarted
+    /// empty lists its instances again as their sidecars register anew.
+    NodeLeft,
 }
 
 impl Cut {
@@ -91,6 +95,7 @@ impl Cut {
             ),
             Self::NodeGone { reason } => format!("instance {node} went down: {reason}"),
             Self::NodeDraining => format!("instance {node} is draining"),
+            Self::NodeLeft => format!("instance {node} left the Consul catalog"),
         }
     }
 
@@ -98,14 +103,15 @@ impl Cut {
     pub fn status(&self) -> u16 {
         match self {
             Self::FirstByte { .. } | Self::Stalled { .. } => 504,
-            Self::NodeGone { .. } => 502,
+            Self::NodeGone { .. } | Self::NodeLeft => 502,
             Self::NodeDraining => 503,
         }
     }
 
-    /// Whether the node is to blame (draining is an operator's decision, not a failure).
+    /// Whether the node is to blame (a drain or a deregistration is an operator's or Consul's
+    /// doing, not a failure of the node).
     pub fn is_node_failure(&self) -> bool {
-        !matches!(self, Self::NodeDraining)
+        !matches!(self, Self::NodeDraining | Self::NodeLeft)
     }
 
     /// The metric and retry label.
@@ -115,6 +121,7 @@ impl Cut {
             Self::Stalled { .. } => "stalled",
             Self::NodeGone { .. } => "node_gone",
             Self::NodeDraining => "node_draining",
+            Self::NodeLeft => "node_left",
         }
     }
 }
@@ -228,23 +235,24 @@ impl Attempt {
     /// What Consul's `set` means for the attempt, if it must end.
     fn verdict(&self, set: &BackendSet) -> Option<Cut> {
         let Some(backend) = set.get(&self.node) else {
-            return Some(Cut::NodeGone {
-                reason: "it left the Consul catalog".to_owned(),
-            });
+            return self.move_if_waiting(set, Cut::NodeLeft);
         };
         match backend.state() {
             RoutingState::Out { reason } => Some(Cut::NodeGone {
                 reason: reason.clone(),
             }),
-            RoutingState::Draining { .. }
-                if self.may_move
-                    && !self.lock().head
-                    && candidates(set, self.model.as_deref(), &self.tried).is_ok() =>
-            {
-                Some(Cut::NodeDraining)
-            }
-            _ => None,
+            RoutingState::Draining { .. } => self.move_if_waiting(set, Cut::NodeDraining),
+            RoutingState::Active { .. } => None,
         }
+    }
+
+    /// `cut` when the attempt is still waiting for its first byte and another node of `set`
+    /// could take the request.
+    fn move_if_waiting(&self, set: &BackendSet, cut: Cut) -> Option<Cut> {
+        let movable = self.may_move
+            && !self.lock().head
+            && candidates(set, self.model.as_deref(), &self.tried).is_ok();
+        movable.then_some(cut)
     }
 
     fn lock(&self) -> MutexGuard<'_, AttemptState> {
@@ -295,8 +303,9 @@ impl Watchdog {
         }
     }
 
-    /// Ends every attempt on a node that `set` says is gone, and every attempt still waiting
-    /// for its first byte from a draining node when another node could take it.
+    /// Ends every attempt on a node that `set` says is down, and every attempt still waiting
+    /// for its first byte from a draining or deregistered node when another node could take
+    /// it.
     pub fn judge(&self, set: &BackendSet) {
         let attempts: Vec<Arc<Attempt>> = self.lock().values().cloned().collect();
         for attempt in attempts {

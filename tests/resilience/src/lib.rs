@@ -547,7 +547,15 @@ pub async fn generate(
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("a valid request");
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let response = client.request(request).await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        })?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
