@@ -104,6 +104,7 @@ impl Drop for Process {
         // A stopped process cannot die until continued.
         let _ = Command::new("kill")
             .args(["-CONT", &self.pid().to_string()])
+            .stderr(Stdio::null())
             .status();
         self.kill();
         let _ = std::fs::remove_file(&self.log);
