@@ -249,26 +249,21 @@ async fn a_stream_goes_on_while_its_node_drains_or_leaves_and_ends_with_an_error
     let fleet = MovingFleet::new(&entries);
     let router = Router::with_fleet(fleet.clone(), settings()).await;
 
-    // Drained mid-stream: the stream finishes.
-    let mut stream = streaming(&router.url("/api/generate"), generate(true)).await;
-    stream.first_line().await;
-    fleet.publish(&entries, &["slow"]);
-    let lines = stream.rest().await;
-    assert_eq!(
-        serde_json::from_str::<Value>(lines.last().unwrap()).unwrap()["done"],
-        true
-    );
-
-    // Gone from the catalog mid-stream (a restarted agent, say): the stream finishes too.
-    fleet.publish(&entries, &[]);
-    let mut stream = streaming(&router.url("/api/generate"), generate(true)).await;
-    stream.first_line().await;
-    fleet.publish(&[], &[]);
-    let lines = stream.rest().await;
-    assert_eq!(
-        serde_json::from_str::<Value>(lines.last().unwrap()).unwrap()["done"],
-        true
-    );
+    // Drained, then gone from the catalog (a restarted agent, say) mid-stream: the stream
+    // finishes.
+    let drained: &[ServiceEntry] = &entries;
+    for (during, drains) in [(drained, &["slow"][..]), (&[][..], &[][..])] {
+        fleet.publish(&entries, &[]);
+        let mut stream = streaming(&router.url("/api/generate"), generate(true)).await;
+        stream.first_line().await;
+        fleet.publish(during, drains);
+        let lines = stream.rest().await;
+        assert_eq!(
+            serde_json::from_str::<Value>(lines.last().unwrap()).unwrap()["done"],
+            true,
+            "{drains:?}"
+        );
+    }
 
     // Dead mid-stream: the stream ends at once, with the reason.
     fleet.publish(&entries, &[]);

@@ -68,6 +68,14 @@ impl Fleet {
     }
 }
 
+/// Waits until `router` routes to `n` instances (failing with `otherwise`); how long it took.
+async fn routing_to(router: &RouterProcess, n: usize, otherwise: &str) -> Duration {
+    let since = Instant::now();
+    let reached = until(PATIENCE, || async { router.routable().await == n }).await;
+    assert!(reached, "{otherwise}");
+    since.elapsed()
+}
+
 /// SIGKILL of a node under load: its connections are refused or reset before any byte, so
 /// every request on it is retried elsewhere and the node is ejected at once; Consul's checks
 /// then take it out. Streams that had started on it end with an error chunk.
@@ -77,10 +85,7 @@ async fn a_node_killed_under_load_costs_no_request_that_could_move() {
     let load = fleet.load(8, 150);
     load.wait_for(20).await;
     fleet.sims[0].process.kill();
-    let killed = Instant::now();
-    let out = until(PATIENCE, || async { fleet.router.routable().await == 2 }).await;
-    let recovered = killed.elapsed();
-    assert!(out, "the killed node stayed in rotation");
+    let recovered = routing_to(&fleet.router, 2, "the killed node stayed in rotation").await;
     let tally = load.stop().await;
     report("node SIGKILLed", &tally, Some(recovered));
     assert_goals(&tally, true, &fleet.router);
@@ -97,10 +102,7 @@ async fn a_frozen_node_costs_no_request_that_could_move() {
     let load = fleet.load(12, 150);
     load.wait_for(20).await;
     fleet.sims[0].process.signal("STOP");
-    let frozen = Instant::now();
-    let out = until(PATIENCE, || async { fleet.router.routable().await == 2 }).await;
-    let recovered = frozen.elapsed();
-    assert!(out, "the frozen node stayed in rotation");
+    let recovered = routing_to(&fleet.router, 2, "the frozen node stayed in rotation").await;
     let tally = load.stop().await;
     fleet.sims[0].process.signal("CONT");
     report("node frozen (SIGSTOP)", &tally, Some(recovered));
@@ -258,10 +260,12 @@ async fn a_sidecar_killed_and_restarted_costs_no_request() {
     let load = fleet.load(4, 100_000);
     load.wait_for(10).await;
     fleet.sidecars[0].process.kill();
-    let killed = Instant::now();
-    let out = until(PATIENCE, || async { fleet.router.routable().await == 1 }).await;
-    assert!(out, "the node of a dead sidecar stayed in rotation");
-    let taken_out = killed.elapsed();
+    let taken_out = routing_to(
+        &fleet.router,
+        1,
+        "the node of a dead sidecar stayed in rotation",
+    )
+    .await;
     fleet.sidecars[0] = Sidecar::start(
         &fleet.consul,
         &fleet.sims[0],
@@ -269,8 +273,12 @@ async fn a_sidecar_killed_and_restarted_costs_no_request() {
         SidecarOptions::default(),
     )
     .await;
-    let back = until(PATIENCE, || async { fleet.router.routable().await == 2 }).await;
-    assert!(back, "the restarted sidecar's node did not come back");
+    routing_to(
+        &fleet.router,
+        2,
+        "the restarted sidecar's node did not come back",
+    )
+    .await;
     let tally = load.stop().await;
     report("sidecar SIGKILLed, restarted", &tally, Some(taken_out));
     assert_goals(&tally, true, &fleet.router);
