@@ -147,8 +147,22 @@ async fn faults_fail_stall_and_cut() {
         .await;
     assert_eq!(unstreamed.status, StatusCode::INTERNAL_SERVER_ERROR);
 
+    // A stall mid-answer: two tokens, then nothing, the connection open.
+    set(r#"{"cut_after_tokens":null,"stall_after_tokens":2}"#).await;
+    let resp = node
+        .open(
+            Method::POST,
+            "/api/generate",
+            Some(r#"{"model":"tiny","prompt":"x","options":{"num_predict":10}}"#),
+            &[],
+        )
+        .await;
+    let read = tokio::time::timeout(Duration::from_millis(500), Reply::read(resp)).await;
+    assert!(read.is_err(), "a stalled stream never ends");
+
     let cleared = node.send(Method::DELETE, "/sim/faults", None).await.json();
     assert_eq!(cleared["cut_after_tokens"], serde_json::Value::Null);
+    assert_eq!(cleared["stall_after_tokens"], serde_json::Value::Null);
     assert_eq!(node.get("/sim/faults").await.json(), cleared);
     assert_eq!(
         node.post(
