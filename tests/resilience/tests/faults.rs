@@ -11,10 +11,10 @@
 use std::time::{Duration, Instant};
 
 use ollama_mesh_resilience::{
-    assert_goals, report, until, Load, LoadSpec, RouterProcess, Sidecar, SidecarOptions, Sim,
-    PATIENCE,
+    assert_goals, client, generate, report, until, Ending, Load, LoadSpec, RouterProcess, Sidecar,
+    SidecarOptions, Sim, PATIENCE,
 };
-use ollama_mesh_test_support::ConsulDev;
+use ollama_mesh_test_support::{http, ConsulDev};
 use serde_json::json;
 
 /// Real seconds per simulated second: an answer of [`TOKENS`] takes a few hundred ms.
@@ -247,6 +247,52 @@ async fn consul_unreachable_for_a_while_costs_no_request() {
         Some(recovered),
     );
     assert_goals(&tally, false, &fleet.router);
+}
+
+/// Consul unreachable when the router starts: the router is not ready and answers requests
+/// with a clear 503 in the caller's dialect; once the agent is up the router follows it and
+/// serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_unreachable_at_router_start_delays_readiness_not_correctness() {
+    let mut consul = ConsulDev::start().await;
+    let sim = Sim::start("gpu-0", TIME_SCALE).await;
+    let _sidecar = Sidecar::start(&consul, &sim, "gpu-0", SidecarOptions::default()).await;
+    consul.kill();
+    let router = RouterProcess::start(Some(&consul), &[], 0).await;
+    let not_ready = until(PATIENCE, || async {
+        matches!(http::get(router.ops, "/readyz").await, Some((503, _)))
+    })
+    .await;
+    assert!(not_ready, "the router said it was ready without Consul");
+    let early = generate(&client(), router.addr, false, TOKENS).await;
+    assert!(
+        matches!(&early, Ending::Failed { status: 503, error } if !error.is_empty()),
+        "{early:?}"
+    );
+    let started = Instant::now();
+    consul.restart().await;
+    routing_to(
+        &router,
+        1,
+        "the router never followed Consul once it was up",
+    )
+    .await;
+    let recovered = started.elapsed();
+    let load = Load::start(LoadSpec {
+        concurrency: 2,
+        stream_every: 3,
+        tokens: TOKENS,
+        limit: 20,
+        routers: vec![router.addr],
+    });
+    load.wait_for(20).await;
+    let tally = load.stop().await;
+    report(
+        "Consul unreachable at router start",
+        &tally,
+        Some(recovered),
+    );
+    assert_goals(&tally, false, &router);
 }
 
 /// A sidecar SIGKILLed: its registration lingers in Consul, but its heartbeat check goes
