@@ -589,3 +589,32 @@ async fn a_failed_load_ahead_leaves_the_node_cold_again() {
         "nor asked of that node again at once"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_most_half_the_candidates_are_ejected_at_once() {
+    let (scheduler, _) = scheduler(
+        Policy::Learned,
+        &[node("a", true, 4), node("b", true, 4), node("c", true, 4)],
+    );
+    // a fails first, then b: only one of three may be out, and the first ejected returns first.
+    for failing in ["a", "b"] {
+        loop {
+            let mut permit = now(&scheduler, ask()).await;
+            if id(&permit) == failing {
+                permit.node_failed();
+                break;
+            }
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..60 {
+        seen.insert(id(&now(&scheduler, ask()).await).to_owned());
+    }
+    assert!(seen.contains("c"), "{seen:?}");
+    assert_eq!(seen.len(), 2, "two of three in rotation: {seen:?}");
+    assert!(
+        !seen.contains("b"),
+        "the latest ejected stays out: {seen:?}"
+    );
+}

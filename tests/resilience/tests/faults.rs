@@ -99,7 +99,8 @@ async fn a_node_killed_under_load_costs_no_request_that_could_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_costs_no_request_that_could_move() {
     let fleet = Fleet::start(3).await;
-    let load = fleet.load(12, 150);
+    // More callers than the fleet's 12 slots: some wait at the router.
+    let load = fleet.load(16, 200);
     load.wait_for(20).await;
     fleet.sims[0].process.signal("STOP");
     let recovered = routing_to(&fleet.router, 2, "the frozen node stayed in rotation").await;
