@@ -118,17 +118,35 @@ pub fn service(
     }
 }
 
+/// One report of the heartbeat check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// What routers act on.
+    pub status: CheckStatus,
+    /// The one-line summary the Consul UI shows on the instance page.
+    pub output: String,
+}
+
+impl Heartbeat {
+    fn new(status: CheckStatus, output: impl Into<String>) -> Self {
+        Self {
+            status,
+            output: output.into(),
+        }
+    }
+}
+
 /// The heartbeat's status and the one-line summary shown on the instance page, e.g.
 /// `ollama 0.17.4 · 2× NVIDIA GeForce RTX 4090 48 GiB · loaded: llama3.2:3b · 5 models on disk`.
-pub fn heartbeat(observed: &Observation) -> (CheckStatus, String) {
+pub fn heartbeat(observed: &Observation) -> Heartbeat {
     if let Some(error) = &observed.ollama_error {
-        return (
+        return Heartbeat::new(
             CheckStatus::Critical,
             format!("Ollama unreachable: {error}"),
         );
     }
     let Some(ollama) = &observed.ollama else {
-        return (CheckStatus::Critical, "Ollama not read yet".into());
+        return Heartbeat::new(CheckStatus::Critical, "Ollama not read yet");
     };
     let mut parts = vec![format!("ollama {}", ollama.version)];
     match &observed.gpu {
@@ -153,11 +171,63 @@ pub fn heartbeat(observed: &Observation) -> (CheckStatus, String) {
     parts.push(format!("{} models on disk", ollama.models_on_disk.len()));
     let summary = parts.join(" · ");
     match &observed.gpu_error {
-        Some(error) => (
+        Some(error) => Heartbeat::new(
             CheckStatus::Warning,
             format!("GPU probe failing ({error}) · {summary}"),
         ),
-        None => (CheckStatus::Passing, summary),
+        None => Heartbeat::new(CheckStatus::Passing, summary),
+    }
+}
+
+/// Whether the catalog, which the Consul UI reads, shows the heartbeat the agent holds.
+///
+/// The agent copies a report to the catalog at once only when its status changed; a report that
+/// changed the summary alone waits for Consul's `check_update_interval` (2.5 to 7.5 minutes by
+/// default). A service registration, though, copies the agent's current heartbeat (status and
+/// summary survive it) at once. This tracks both copies so the sidecar knows when a summary
+/// needs a registration to get there.
+#[derive(Debug, Default)]
+pub struct SummaryCopy {
+    /// The last report the agent accepted; `None` right after a registration from scratch, when
+    /// the agent may hold whatever an earlier run of the sidecar reported.
+    agent: Option<Heartbeat>,
+    /// What the catalog holds (or is being sent), as far as the sidecar knows.
+    catalog: Option<Heartbeat>,
+}
+
+impl SummaryCopy {
+    /// A registration was written: it copied the agent's heartbeat to the catalog. `anew` when
+    /// the sidecar had no registration (its first, or after the agent lost it): then neither
+    /// copy is known.
+    pub fn registered(&mut self, anew: bool) {
+        if anew {
+            *self = Self::default();
+        } else {
+            self.catalog = self.agent.clone();
+        }
+    }
+
+    /// The agent accepted `report`.
+    pub fn reported(&mut self, report: &Heartbeat) {
+        let status_changed = self
+            .agent
+            .as_ref()
+            .is_some_and(|agent| agent.status != report.status);
+        if status_changed {
+            self.catalog = Some(report.clone());
+        }
+        self.agent = Some(report.clone());
+    }
+
+    /// Whether the catalog may show an older summary than the agent holds.
+    pub fn catalog_lags(&self) -> bool {
+        self.agent.is_some() && self.catalog != self.agent
+    }
+
+    /// Whether nothing is known of the catalog's copy: the registration from scratch was just
+    /// written and the first report followed it.
+    pub fn catalog_unknown(&self) -> bool {
+        self.catalog.is_none()
     }
 }
 

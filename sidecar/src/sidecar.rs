@@ -22,7 +22,7 @@ use crate::listener::Server;
 use crate::mesh::Mesh;
 use crate::metrics_endpoint;
 use crate::ollama::OllamaClient;
-use crate::registration::{self, Observation};
+use crate::registration::{self, Heartbeat, Observation, SummaryCopy};
 use crate::{gpu, SidecarError};
 use ollama_mesh_daemon::Notifier;
 
@@ -44,6 +44,8 @@ struct Consul {
     client: Client,
     /// The Meta last registered, and when; `None` until registered (or after the agent lost it).
     registered: Option<(NodeMeta, Instant)>,
+    /// How far the heartbeat's summary has got towards the catalog the Consul UI reads.
+    summary: SummaryCopy,
     /// The maintenance reason the operator's drain key asks for.
     wanted_maintenance: Option<String>,
     /// The maintenance reason the agent has.
@@ -129,6 +131,7 @@ impl Sidecar {
         let mut consul = Consul {
             client: self.consul.clone(),
             registered: None,
+            summary: SummaryCopy::default(),
             wanted_maintenance: None,
             applied_maintenance: None,
             reachable: true,
@@ -241,50 +244,80 @@ impl Sidecar {
 }
 
 impl Consul {
-    /// Makes the agent's registration match what was observed: (re-)registers when it is
-    /// missing or its Meta changed (at most once per `meta_min_interval`), reports the
-    /// heartbeat, and applies the wanted maintenance state.
+    /// Makes the agent's registration match what was observed: registers when it is missing,
+    /// reports the heartbeat, registers again when Meta changed or the catalog lags the
+    /// heartbeat's summary (at most once per `meta_min_interval`, but at once after a
+    /// registration from scratch), and applies the wanted maintenance state.
     async fn sync(&mut self, config: &SidecarConfig, observed: &Observation) {
         if Instant::now() < self.retry_at {
             return;
         }
         let meta = registration::node_meta(config, observed);
-        let due = match &self.registered {
-            None => true,
-            Some((registered, at)) => {
-                *registered != meta && at.elapsed() >= config.meta_min_interval
-            }
-        };
-        if due && !self.register(config, meta.clone(), observed).await {
+        let heartbeat = registration::heartbeat(observed);
+        if self.registered.is_none() && !self.register(config, meta.clone(), observed).await {
             return;
         }
-        let (status, output) = registration::heartbeat(observed);
-        let heartbeat = registration::heartbeat_check_id(config);
-        match self
-            .client
-            .update_ttl_check(&heartbeat, status, &output)
-            .await
+        // Reported before any new registration, which then carries this summary to the catalog.
+        if self.report(config, &meta, observed, &heartbeat).await
+            && self.registration_due(config, &meta)
         {
-            Ok(()) => self.succeeded(),
-            // The agent answered but does not know the check: it lost the registration
-            // (a restarted dev agent, a wiped data dir). Register again at once.
-            Err(error) if error.status().is_some() => {
+            self.register(config, meta, observed).await;
+        }
+        self.apply_maintenance(config).await;
+    }
+
+    /// Reports the heartbeat; registers again first when the agent lost the registration.
+    async fn report(
+        &mut self,
+        config: &SidecarConfig,
+        meta: &NodeMeta,
+        observed: &Observation,
+        heartbeat: &Heartbeat,
+    ) -> bool {
+        let check = registration::heartbeat_check_id(config);
+        let mut result = self
+            .client
+            .update_ttl_check(&check, heartbeat.status, &heartbeat.output)
+            .await;
+        // The agent answered but does not know the check: it lost the registration (a
+        // restarted dev agent, a wiped data dir). Register again at once.
+        if let Err(error) = &result {
+            if error.status().is_some() {
                 tracing::warn!(%error, "the Consul agent lost this registration; registering again");
                 self.registered = None;
                 self.applied_maintenance = None;
-                if self.register(config, meta, observed).await {
-                    if let Err(error) = self
-                        .client
-                        .update_ttl_check(&heartbeat, status, &output)
-                        .await
-                    {
-                        self.failed(error);
-                    }
+                if !self.register(config, meta.clone(), observed).await {
+                    return false;
                 }
+                result = self
+                    .client
+                    .update_ttl_check(&check, heartbeat.status, &heartbeat.output)
+                    .await;
             }
-            Err(error) => self.failed(error),
         }
-        self.apply_maintenance(config).await;
+        match result {
+            Ok(()) => {
+                self.succeeded();
+                self.summary.reported(heartbeat);
+                true
+            }
+            Err(error) => {
+                self.failed(error);
+                false
+            }
+        }
+    }
+
+    /// Whether the registration must be written again: Meta changed, or the catalog shows an
+    /// older summary than the agent (which the agent would copy only minutes later).
+    fn registration_due(&self, config: &SidecarConfig, meta: &NodeMeta) -> bool {
+        let Some((registered, at)) = &self.registered else {
+            return true;
+        };
+        let changed = registered != meta || self.summary.catalog_lags();
+        // A new node's first summary shows at once; later changes wait out the interval.
+        let allowed = at.elapsed() >= config.meta_min_interval || self.summary.catalog_unknown();
+        changed && allowed
     }
 
     async fn register(
@@ -296,13 +329,26 @@ impl Consul {
         let service = registration::service(config, &meta, observed);
         match self.client.register_service(&service).await {
             Ok(()) => {
-                tracing::info!(
-                    instance = %config.instance_id,
-                    models_loaded = ?meta.models_loaded.names(),
-                    models_on_disk = meta.models_on_disk.total(),
-                    weight = service.weights.passing,
-                    "registered in Consul"
-                );
+                let anew = self.registered.is_none();
+                if anew
+                    || self
+                        .registered
+                        .as_ref()
+                        .is_some_and(|(old, _)| *old != meta)
+                {
+                    tracing::info!(
+                        instance = %config.instance_id,
+                        models_loaded = ?meta.models_loaded.names(),
+                        models_on_disk = meta.models_on_disk.total(),
+                        weight = service.weights.passing,
+                        "registered in Consul"
+                    );
+                } else {
+                    tracing::debug!(
+                        "registered again to bring the heartbeat's summary to the catalog"
+                    );
+                }
+                self.summary.registered(anew);
                 self.registered = Some((meta, Instant::now()));
                 self.succeeded();
                 true

@@ -24,13 +24,23 @@ fn meta(entry: &ServiceEntry) -> NodeMeta {
     NodeMeta::from_consul_meta(&entry.service.meta).unwrap()
 }
 
-/// The heartbeat's status and output as the agent has them now (the catalog syncs output lazily).
-async fn heartbeat_output(client: &Client) -> String {
-    let checks = client.agent_checks().await.unwrap();
-    checks
-        .get(&format!("{ID}:heartbeat"))
+/// The heartbeat's status and output as the Consul UI shows them: from the catalog
+/// (`/v1/health/service`, which the UI reads), not from the agent's own view.
+fn heartbeat_output(entry: Option<&ServiceEntry>) -> String {
+    entry
+        .and_then(|e| {
+            e.checks
+                .iter()
+                .find(|c| c.check_id == format!("{ID}:heartbeat"))
+        })
         .map(|c| format!("{:?}: {}", c.status, c.output))
         .unwrap_or_default()
+}
+
+/// Waits until the Consul UI shows a heartbeat whose status and output contain `text`; returns
+/// the time taken.
+async fn until_summary(client: &Client, limit: Duration, text: &str) -> Duration {
+    until(client, limit, |e| heartbeat_output(e).contains(text)).await
 }
 
 #[tokio::test]
@@ -74,11 +84,12 @@ async fn registers_with_gpu_meta_models_and_passing_checks() {
             degraded: false
         })
     );
-    let output = heartbeat_output(&client).await;
-    assert!(
-        output.contains("2× NVIDIA GeForce RTX 4090 48 GiB"),
-        "{output}"
-    );
+    until_summary(
+        &client,
+        Duration::from_secs(1),
+        "Passing: ollama 0.17.4 · 2× NVIDIA GeForce RTX 4090 48 GiB · nothing loaded",
+    )
+    .await;
     assert!(
         entry
             .checks
@@ -128,6 +139,92 @@ async fn loaded_models_reach_consul_within_a_poll_and_quiet_polls_write_nothing(
     );
 }
 
+/// The Consul UI reads the catalog, which the agent updates at once only when a check's status
+/// changes (a changed summary alone waits for `check_update_interval`, minutes). Each summary an
+/// operator needs must get there within about a second anyway: a new node's, a model loaded,
+/// the GPU probe failing, and a restarted sidecar's (the agent keeps the old summary).
+#[tokio::test]
+async fn the_consul_ui_shows_each_summary_that_matters_within_a_second() {
+    let consul = ConsulDev::start().await;
+    let node = SimNode::with_models(&["llama3.2:3b", "qwen2.5:7b"]).await;
+    let gpu_answer =
+        std::env::temp_dir().join(format!("ollama-mesh-gpu-answer-{}", std::process::id()));
+    let one_gpu = "NVIDIA GeForce RTX 4090, 24564, 0, 0";
+    std::fs::write(&gpu_answer, one_gpu).unwrap();
+    let nvidia_smi = fake_nvidia_smi("from-file", &format!("cat '{}'", gpu_answer.display()));
+    // Meta is written at most every 2 s; a new node's first summary must not wait for that.
+    let flags = args(
+        &consul.http_url(),
+        &node.url(),
+        &nvidia_smi,
+        &["--meta-min-interval=2s"],
+    );
+    let client = client(&consul);
+    let sidecar = Running::start(&flags);
+
+    until(&client, Duration::from_secs(10), |e| e.is_some()).await;
+    let new_node = until_summary(
+        &client,
+        Duration::from_secs(5),
+        "Passing: ollama 0.17.4 · 1× NVIDIA GeForce RTX 4090 24 GiB · nothing loaded",
+    )
+    .await;
+
+    let status = reqwest_free_post(
+        node.addr(),
+        "/api/generate",
+        r#"{"model":"llama3.2:3b","stream":false}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let model_loaded =
+        until_summary(&client, Duration::from_secs(5), "loaded: llama3.2:3b ·").await;
+
+    std::fs::write(&gpu_answer, "this is not csv").unwrap();
+    let gpu_failing = until_summary(
+        &client,
+        Duration::from_secs(5),
+        "Warning: GPU probe failing (unexpected nvidia-smi output line",
+    )
+    .await;
+    std::fs::write(&gpu_answer, one_gpu).unwrap();
+    let gpu_back = until_summary(
+        &client,
+        Duration::from_secs(5),
+        "Passing: ollama 0.17.4 · 1×",
+    )
+    .await;
+
+    // The sidecar dies without deregistering; the agent keeps its last summary. Another model
+    // loads meanwhile: the next sidecar's summary has the same status and a new text.
+    drop(sidecar);
+    let status = reqwest_free_post(
+        node.addr(),
+        "/api/generate",
+        r#"{"model":"qwen2.5:7b","stream":false}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let _sidecar = Running::start(&flags);
+    let restarted = until_summary(&client, Duration::from_secs(5), "qwen2.5:7b").await;
+    let _ = std::fs::remove_file(&gpu_answer);
+
+    eprintln!(
+        "summary in the catalog after: a new node's entry {new_node:?}, a model load \
+         {model_loaded:?}, a GPU probe failing {gpu_failing:?} and back {gpu_back:?}, a \
+         sidecar restart {restarted:?}"
+    );
+    // The model's summary waits out --meta-min-interval (2 s) since the first registration.
+    assert!(new_node < Duration::from_secs(1), "new node: {new_node:?}");
+    assert!(
+        model_loaded < Duration::from_secs(3),
+        "model: {model_loaded:?}"
+    );
+    assert!(gpu_failing < Duration::from_secs(1), "GPU: {gpu_failing:?}");
+    assert!(gpu_back < Duration::from_secs(1), "GPU back: {gpu_back:?}");
+    assert!(restarted < Duration::from_secs(2), "restart: {restarted:?}");
+}
+
 /// A minimal POST with a JSON body; returns the status.
 async fn reqwest_free_post(addr: SocketAddr, path: &str, body: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -157,15 +254,12 @@ async fn ollama_going_away_takes_the_node_out_and_its_return_brings_it_back() {
     })
     .await;
     // The agent's HTTP check may notice first; the heartbeat follows within a poll.
-    let started = Instant::now();
-    loop {
-        let output = heartbeat_output(&client).await;
-        if output.contains("Ollama unreachable") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(2), "{output}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_summary(
+        &client,
+        Duration::from_secs(2),
+        "Critical: Ollama unreachable",
+    )
+    .await;
 
     let _node = SimNode::start_on(
         addr,
@@ -281,7 +375,7 @@ async fn gpu_probe_junk_or_hang_warns_but_keeps_serving() {
     })
     .await;
     assert!(took < Duration::from_secs(10));
-    let output = heartbeat_output(&client).await;
+    let output = heartbeat_output(entry(&client).await.as_ref());
     assert!(
         output.contains("GPU probe failing") && output.contains("this is not csv"),
         "{output}"
@@ -301,7 +395,7 @@ async fn gpu_probe_junk_or_hang_warns_but_keeps_serving() {
         matches!(state(e), Some(RoutingState::Active { degraded: true, .. }))
     })
     .await;
-    let output = heartbeat_output(&client).await;
+    let output = heartbeat_output(entry(&client).await.as_ref());
     assert!(output.contains("did not finish within"), "{output}");
 }
 
@@ -333,8 +427,7 @@ async fn an_ollama_answering_garbage_is_critical_with_a_clear_reason() {
         matches!(state(e), Some(RoutingState::Out { .. }))
     })
     .await;
-    let output = heartbeat_output(&client).await;
-    assert!(output.contains("not what its API returns"), "{output}");
+    until_summary(&client, Duration::from_secs(1), "not what its API returns").await;
 }
 
 #[tokio::test]

@@ -42,7 +42,7 @@ fn healthy() -> Observation {
 
 #[test]
 fn the_summary_reads_like_a_sentence_for_operators() {
-    let (status, output) = heartbeat(&healthy());
+    let Heartbeat { status, output } = heartbeat(&healthy());
     assert_eq!(status, CheckStatus::Passing);
     assert_eq!(
         output,
@@ -54,7 +54,7 @@ fn the_summary_reads_like_a_sentence_for_operators() {
 fn gpu_trouble_warns_and_ollama_trouble_is_critical() {
     let mut observed = healthy();
     observed.gpu_error = Some("nvidia-smi did not finish within 10s".into());
-    let (status, output) = heartbeat(&observed);
+    let Heartbeat { status, output } = heartbeat(&observed);
     assert_eq!(status, CheckStatus::Warning);
     assert!(
         output.starts_with(
@@ -64,10 +64,13 @@ fn gpu_trouble_warns_and_ollama_trouble_is_critical() {
     );
 
     observed.ollama_error = Some("connection refused".into());
-    let (status, output) = heartbeat(&observed);
+    let Heartbeat { status, output } = heartbeat(&observed);
     assert_eq!(status, CheckStatus::Critical);
     assert_eq!(output, "Ollama unreachable: connection refused");
-    assert_eq!(heartbeat(&Observation::default()).0, CheckStatus::Critical);
+    assert_eq!(
+        heartbeat(&Observation::default()).status,
+        CheckStatus::Critical
+    );
 }
 
 #[test]
@@ -126,4 +129,32 @@ fn mesh_mode_registers_connect_native_on_the_mesh_port_and_checks_ollama_directl
     let service = super::service(&plain, &node_meta(&plain, &healthy()), &healthy());
     assert_eq!(service.connect, None);
     assert_eq!(service.port, 11434);
+}
+
+#[test]
+fn a_summary_needs_a_registration_to_reach_the_catalog_unless_the_status_changed() {
+    let passing = |output: &str| Heartbeat::new(CheckStatus::Passing, output);
+    let mut copy = SummaryCopy::default();
+
+    // A registration from scratch, then the first report: the agent may have held an earlier
+    // run's heartbeat, so the catalog's copy is unknown until a registration carries it.
+    copy.registered(true);
+    copy.reported(&passing("nothing loaded"));
+    assert!(copy.catalog_lags() && copy.catalog_unknown());
+    copy.registered(false);
+    assert!(!copy.catalog_lags() && !copy.catalog_unknown());
+
+    // The same report again changes nothing.
+    copy.reported(&passing("nothing loaded"));
+    assert!(!copy.catalog_lags());
+
+    // A new summary with the same status: the agent would copy it only minutes later.
+    copy.reported(&passing("loaded: llama3.2:3b"));
+    assert!(copy.catalog_lags() && !copy.catalog_unknown());
+    copy.registered(false);
+    assert!(!copy.catalog_lags());
+
+    // A status change goes to the catalog at once, summary and all.
+    copy.reported(&Heartbeat::new(CheckStatus::Warning, "GPU probe failing"));
+    assert!(!copy.catalog_lags());
 }
