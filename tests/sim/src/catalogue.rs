@@ -2,11 +2,11 @@
 //! realistic sizes, RTX 4090 speeds and the capabilities the Ollama library gives them, and an
 //! estimate for any other `name:tag`.
 //!
-//! Speeds come from llama.cpp measurements on one RTX 4090 (see `ollama-api.md`, "Parameters for
-//! the simulator"), sizes from the Ollama library. Unknown names are estimated from a size hint in
-//! the tag (`7b`, `70b`, `1.5b`, `135m`); a name without one (such as the conformance tests'
-//! `tiny`) is a tiny generative model that answers in microseconds, like the random-weight model
-//! the real-Ollama tests use.
+//! Speeds come from llama.cpp measurements on one RTX 4090, sizes and architectures (blocks,
+//! widths, attention heads) from the Ollama library's GGUF files. Unknown names are estimated
+//! from a size hint in the tag (`7b`, `70b`, `1.5b`, `135m`); a name without one (such as the
+//! conformance tests' `tiny`) is a tiny generative model that answers in microseconds, like the
+//! random-weight model the real-Ollama tests use.
 
 use crate::capability::{Capabilities, Capability};
 use crate::names;
@@ -37,6 +37,11 @@ pub struct ModelSpec {
     /// KV-cache bytes per token of context, which together with `num_ctx × num_parallel`
     /// decides how much VRAM a loaded model takes.
     pub kv_bytes_per_token: u64,
+    /// Attention heads: `<arch>.attention.head_count`.
+    pub head_count: u32,
+    /// Key-value heads (fewer than `head_count` with grouped-query attention):
+    /// `<arch>.attention.head_count_kv`.
+    pub head_count_kv: u32,
 }
 
 impl ModelSpec {
@@ -59,23 +64,25 @@ struct Entry {
     context_length: u32,
     embedding_length: u32,
     kv_bytes_per_token: u64,
+    head_count: u32,
+    head_count_kv: u32,
 }
 
 const KIB: u64 = 1024;
 
 #[rustfmt::skip]
 const BUILT_IN: &[Entry] = &[
-    Entry { name: "llama3.2:1b", family: "llama", parameter_size: "1.2B", quantization: "Q8_0", size_bytes: 1_321_098_329, prefill_tps: 20_000.0, decode_tps: 280.0, capabilities: Capabilities::TOOLS, block_count: 16, context_length: 131_072, embedding_length: 2048, kv_bytes_per_token: 32 * KIB },
-    Entry { name: "llama3.2:3b", family: "llama", parameter_size: "3.2B", quantization: "Q4_K_M", size_bytes: 2_019_393_189, prefill_tps: 12_000.0, decode_tps: 200.0, capabilities: Capabilities::TOOLS, block_count: 28, context_length: 131_072, embedding_length: 3072, kv_bytes_per_token: 112 * KIB },
-    Entry { name: "llama3.1:8b", family: "llama", parameter_size: "8.0B", quantization: "Q4_K_M", size_bytes: 4_920_753_328, prefill_tps: 5_000.0, decode_tps: 130.0, capabilities: Capabilities::TOOLS, block_count: 32, context_length: 131_072, embedding_length: 4096, kv_bytes_per_token: 128 * KIB },
-    Entry { name: "qwen2.5:7b", family: "qwen2", parameter_size: "7.6B", quantization: "Q4_K_M", size_bytes: 4_683_087_332, prefill_tps: 5_200.0, decode_tps: 135.0, capabilities: Capabilities::TOOLS, block_count: 28, context_length: 32_768, embedding_length: 3584, kv_bytes_per_token: 56 * KIB },
-    Entry { name: "qwen2.5:14b", family: "qwen2", parameter_size: "14.8B", quantization: "Q4_K_M", size_bytes: 8_988_124_069, prefill_tps: 2_800.0, decode_tps: 75.0, capabilities: Capabilities::TOOLS, block_count: 48, context_length: 32_768, embedding_length: 5120, kv_bytes_per_token: 192 * KIB },
-    Entry { name: "mistral:7b", family: "llama", parameter_size: "7.2B", quantization: "Q4_0", size_bytes: 4_113_301_824, prefill_tps: 5_500.0, decode_tps: 140.0, capabilities: Capabilities::TOOLS, block_count: 32, context_length: 32_768, embedding_length: 4096, kv_bytes_per_token: 128 * KIB },
-    Entry { name: "gemma2:9b", family: "gemma2", parameter_size: "9.2B", quantization: "Q4_0", size_bytes: 5_443_152_417, prefill_tps: 4_200.0, decode_tps: 105.0, capabilities: Capabilities::COMPLETION, block_count: 42, context_length: 8_192, embedding_length: 3584, kv_bytes_per_token: 336 * KIB },
-    Entry { name: "qwen3:8b", family: "qwen3", parameter_size: "8.2B", quantization: "Q4_K_M", size_bytes: 5_225_388_164, prefill_tps: 4_800.0, decode_tps: 125.0, capabilities: Capabilities::THINKING, block_count: 36, context_length: 40_960, embedding_length: 4096, kv_bytes_per_token: 144 * KIB },
-    Entry { name: "deepseek-r1:14b", family: "qwen2", parameter_size: "14.8B", quantization: "Q4_K_M", size_bytes: 8_988_112_040, prefill_tps: 2_800.0, decode_tps: 72.0, capabilities: Capabilities::THINKING, block_count: 48, context_length: 131_072, embedding_length: 5120, kv_bytes_per_token: 192 * KIB },
-    Entry { name: "nomic-embed-text:v1.5", family: "nomic-bert", parameter_size: "137M", quantization: "F16", size_bytes: 274_302_450, prefill_tps: 30_000.0, decode_tps: 1.0, capabilities: Capabilities::EMBEDDING, block_count: 12, context_length: 2_048, embedding_length: 768, kv_bytes_per_token: KIB },
-    Entry { name: "mxbai-embed-large:335m", family: "bert", parameter_size: "334M", quantization: "F16", size_bytes: 669_615_493, prefill_tps: 20_000.0, decode_tps: 1.0, capabilities: Capabilities::EMBEDDING, block_count: 24, context_length: 512, embedding_length: 1024, kv_bytes_per_token: KIB },
+    Entry { name: "llama3.2:1b", family: "llama", parameter_size: "1.2B", quantization: "Q8_0", size_bytes: 1_321_098_329, prefill_tps: 20_000.0, decode_tps: 280.0, capabilities: Capabilities::TOOLS, block_count: 16, context_length: 131_072, embedding_length: 2048, kv_bytes_per_token: 32 * KIB, head_count: 32, head_count_kv: 8 },
+    Entry { name: "llama3.2:3b", family: "llama", parameter_size: "3.2B", quantization: "Q4_K_M", size_bytes: 2_019_393_189, prefill_tps: 12_000.0, decode_tps: 200.0, capabilities: Capabilities::TOOLS, block_count: 28, context_length: 131_072, embedding_length: 3072, kv_bytes_per_token: 112 * KIB, head_count: 24, head_count_kv: 8 },
+    Entry { name: "llama3.1:8b", family: "llama", parameter_size: "8.0B", quantization: "Q4_K_M", size_bytes: 4_920_753_328, prefill_tps: 5_000.0, decode_tps: 130.0, capabilities: Capabilities::TOOLS, block_count: 32, context_length: 131_072, embedding_length: 4096, kv_bytes_per_token: 128 * KIB, head_count: 32, head_count_kv: 8 },
+    Entry { name: "qwen2.5:7b", family: "qwen2", parameter_size: "7.6B", quantization: "Q4_K_M", size_bytes: 4_683_087_332, prefill_tps: 5_200.0, decode_tps: 135.0, capabilities: Capabilities::TOOLS, block_count: 28, context_length: 32_768, embedding_length: 3584, kv_bytes_per_token: 56 * KIB, head_count: 28, head_count_kv: 4 },
+    Entry { name: "qwen2.5:14b", family: "qwen2", parameter_size: "14.8B", quantization: "Q4_K_M", size_bytes: 8_988_124_069, prefill_tps: 2_800.0, decode_tps: 75.0, capabilities: Capabilities::TOOLS, block_count: 48, context_length: 32_768, embedding_length: 5120, kv_bytes_per_token: 192 * KIB, head_count: 40, head_count_kv: 8 },
+    Entry { name: "mistral:7b", family: "llama", parameter_size: "7.2B", quantization: "Q4_0", size_bytes: 4_113_301_824, prefill_tps: 5_500.0, decode_tps: 140.0, capabilities: Capabilities::TOOLS, block_count: 32, context_length: 32_768, embedding_length: 4096, kv_bytes_per_token: 128 * KIB, head_count: 32, head_count_kv: 8 },
+    Entry { name: "gemma2:9b", family: "gemma2", parameter_size: "9.2B", quantization: "Q4_0", size_bytes: 5_443_152_417, prefill_tps: 4_200.0, decode_tps: 105.0, capabilities: Capabilities::COMPLETION, block_count: 42, context_length: 8_192, embedding_length: 3584, kv_bytes_per_token: 336 * KIB, head_count: 16, head_count_kv: 8 },
+    Entry { name: "qwen3:8b", family: "qwen3", parameter_size: "8.2B", quantization: "Q4_K_M", size_bytes: 5_225_388_164, prefill_tps: 4_800.0, decode_tps: 125.0, capabilities: Capabilities::THINKING, block_count: 36, context_length: 40_960, embedding_length: 4096, kv_bytes_per_token: 144 * KIB, head_count: 32, head_count_kv: 8 },
+    Entry { name: "deepseek-r1:14b", family: "qwen2", parameter_size: "14.8B", quantization: "Q4_K_M", size_bytes: 8_988_112_040, prefill_tps: 2_800.0, decode_tps: 72.0, capabilities: Capabilities::THINKING, block_count: 48, context_length: 131_072, embedding_length: 5120, kv_bytes_per_token: 192 * KIB, head_count: 40, head_count_kv: 8 },
+    Entry { name: "nomic-embed-text:v1.5", family: "nomic-bert", parameter_size: "137M", quantization: "F16", size_bytes: 274_302_450, prefill_tps: 30_000.0, decode_tps: 1.0, capabilities: Capabilities::EMBEDDING, block_count: 12, context_length: 2_048, embedding_length: 768, kv_bytes_per_token: KIB, head_count: 12, head_count_kv: 12 },
+    Entry { name: "mxbai-embed-large:335m", family: "bert", parameter_size: "334M", quantization: "F16", size_bytes: 669_615_493, prefill_tps: 20_000.0, decode_tps: 1.0, capabilities: Capabilities::EMBEDDING, block_count: 24, context_length: 512, embedding_length: 1024, kv_bytes_per_token: KIB, head_count: 16, head_count_kv: 16 },
 ];
 
 /// Which built-in entry each library model's `latest` tag points at.
@@ -124,6 +131,8 @@ fn from_entry(e: &Entry) -> ModelSpec {
         context_length: e.context_length,
         embedding_length: e.embedding_length,
         kv_bytes_per_token: e.kv_bytes_per_token,
+        head_count: e.head_count,
+        head_count_kv: e.head_count_kv,
     }
 }
 
@@ -167,6 +176,9 @@ fn estimate(name: &str) -> ModelSpec {
         context_length: if embedding_only { 2_048 } else { 32_768 },
         embedding_length: if embedding_only { 768 } else { 4096 },
         kv_bytes_per_token: ((16.0 * billions) as u64).max(1) * KIB,
+        // 128-wide heads with grouped-query attention, as the llama-style models above.
+        head_count: if embedding_only { 12 } else { 32 },
+        head_count_kv: if embedding_only { 12 } else { 8 },
     }
 }
 
@@ -185,6 +197,8 @@ fn tiny(capabilities: Capabilities) -> ModelSpec {
         context_length: 2_048,
         embedding_length: 64,
         kv_bytes_per_token: 512,
+        head_count: 4,
+        head_count_kv: 4,
     }
 }
 

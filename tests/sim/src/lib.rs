@@ -100,7 +100,8 @@
 //! capabilities are enforced with Ollama's 400s, but where a model has them, `think`, `tools`
 //! and `suffix` are accepted and ignored (no `thinking` text, no tool calls); `format` and
 //! images are always ignored. `/api/create` and `/api/push` answer 501; `/api/show`'s
-//! `model_info` and `tensors` describe a synthetic architecture; a failed `/v1` stream ends with
+//! `model_info` and `tensors` describe a synthetic architecture (with every `model_info` key and
+//! JSON type a real llama-family GGUF shows, per-model numbers from the catalogue); a failed `/v1` stream ends with
 //! an SSE event holding the OpenAI error object (Ollama emits an empty chunk); at time scale 0
 //! positive keep-alives never expire. Where the newest Ollama and the v0.17.4 the tests run
 //! against disagree on error details, the newest wins: `/v1` errors are

@@ -8,8 +8,15 @@
 /// A token id.
 pub type Token = u32;
 
-/// Ids below this are reserved, like the byte tokens of a real vocabulary.
+/// Ids below this are reserved, like the special and byte tokens of a SentencePiece vocabulary.
 const FIRST_ID: u32 = 259;
+/// The reserved ids of the special tokens, as in a SentencePiece ("llama") vocabulary; `/api/show`
+/// reports them.
+pub const UNKNOWN_TOKEN_ID: u32 = 0;
+/// See [`UNKNOWN_TOKEN_ID`].
+pub const BOS_TOKEN_ID: u32 = 1;
+/// See [`UNKNOWN_TOKEN_ID`].
+pub const EOS_TOKEN_ID: u32 = 2;
 /// Ids are below this; also the vocabulary size `/api/show` reports.
 pub const VOCAB_SIZE: u32 = 32_000;
 const WHOLE_WORD: usize = 6;

@@ -2,17 +2,19 @@
 //! tensors and capabilities.
 //!
 //! The simulator has no GGUF file, so `model_info` and `tensors` describe the llama-style
-//! architecture the catalogue implies: `block_count` blocks of width `embedding_length`, a
-//! feed-forward four times as wide, and the stand-in tokenizer's vocabulary. Clients read
-//! `capabilities`, `general.architecture` and `<arch>.context_length`; the rest only has to have
-//! Ollama's shape.
+//! architecture the catalogue implies: `block_count` blocks of width `embedding_length` with
+//! `head_count` attention heads, a feed-forward four times as wide, and the stand-in
+//! tokenizer's SentencePiece-style vocabulary. `model_info` has every key a real Ollama (v0.17.4)
+//! shows for a llama-family GGUF, with the same JSON types (the token arrays are `null`, as
+//! Ollama shows them without `verbose`); clients such as Open WebUI read the attention and rope
+//! keys as well as `general.architecture` and `<arch>.context_length`.
 
 use std::sync::Arc;
 
 use http::StatusCode;
 use hyper::body::Incoming;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::body::{self, content_type, Response};
 use super::error::{ApiError, Flavor};
@@ -21,7 +23,7 @@ use super::request;
 use crate::app::App;
 use crate::catalogue::ModelSpec;
 use crate::timefmt;
-use crate::tokenizer::VOCAB_SIZE;
+use crate::tokenizer::{BOS_TOKEN_ID, EOS_TOKEN_ID, UNKNOWN_TOKEN_ID, VOCAB_SIZE};
 
 /// The template the simulator's chat rendering follows (`infer::chat_prompt`).
 const TEMPLATE: &str =
@@ -32,16 +34,7 @@ pub async fn show(app: Arc<App>, body: Incoming) -> Result<Response, ApiError> {
     let req: NamedRequest = request::json(body, Flavor::Native).await?;
     let m = req.find(&app)?;
     let spec = &m.spec;
-    let arch = &spec.family;
-    let model_info = json!({
-        "general.architecture": arch,
-        "general.parameter_count": parameter_count(&spec.parameter_size),
-        format!("{arch}.block_count"): spec.block_count,
-        format!("{arch}.context_length"): spec.context_length,
-        format!("{arch}.embedding_length"): spec.embedding_length,
-        format!("{arch}.feed_forward_length"): feed_forward_length(spec),
-        format!("{arch}.vocab_size"): VOCAB_SIZE,
-    });
+    let model_info = model_info(spec);
     let template = if spec.is_embedding() { "" } else { TEMPLATE };
     let parameters = format!("{:<30} {}", "num_ctx", spec.context_length);
     let out = json!({
@@ -59,6 +52,70 @@ pub async fn show(app: Arc<App>, body: Incoming) -> Result<Response, ApiError> {
         "modified_at": timefmt::rfc3339(m.modified_at),
     });
     Ok(body::json(StatusCode::OK, content_type::JSON, &out))
+}
+
+/// The GGUF metadata Ollama shows for `spec`'s model file.
+fn model_info(spec: &ModelSpec) -> Value {
+    let arch = &spec.family;
+    let mut info = json!({
+        "general.architecture": arch,
+        "general.file_type": file_type(&spec.quantization),
+        "general.parameter_count": parameter_count(&spec.parameter_size),
+        format!("{arch}.attention.head_count"): spec.head_count,
+        format!("{arch}.attention.head_count_kv"): spec.head_count_kv,
+        format!("{arch}.block_count"): spec.block_count,
+        format!("{arch}.context_length"): spec.context_length,
+        format!("{arch}.embedding_length"): spec.embedding_length,
+        format!("{arch}.feed_forward_length"): feed_forward_length(spec),
+        format!("{arch}.vocab_size"): VOCAB_SIZE,
+        "tokenizer.ggml.add_bos_token": true,
+        "tokenizer.ggml.add_eos_token": false,
+        "tokenizer.ggml.bos_token_id": BOS_TOKEN_ID,
+        "tokenizer.ggml.eos_token_id": EOS_TOKEN_ID,
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.scores": null,
+        "tokenizer.ggml.token_type": null,
+        "tokenizer.ggml.tokens": null,
+        "tokenizer.ggml.unknown_token_id": UNKNOWN_TOKEN_ID,
+    });
+    let keys = info.as_object_mut().expect("an object");
+    if spec.is_embedding() {
+        // BERT-style encoders: plain layer norm, learned positions rather than rope.
+        keys.insert(format!("{arch}.attention.layer_norm_epsilon"), json!(1e-12));
+    } else {
+        // Llama 1e-5; Qwen and Gemma train with 1e-6.
+        let epsilon = if arch == "llama" { 1e-5 } else { 1e-6 };
+        keys.insert(
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            json!(epsilon),
+        );
+        let head_width = spec.embedding_length / spec.head_count.max(1);
+        keys.insert(format!("{arch}.rope.dimension_count"), json!(head_width));
+    }
+    info
+}
+
+/// GGUF's `general.file_type` (llama.cpp's `llama_ftype`) of a quantization level.
+fn file_type(quantization: &str) -> u32 {
+    match quantization {
+        "F32" => 0,
+        "F16" => 1,
+        "Q4_0" => 2,
+        "Q4_1" => 3,
+        "Q8_0" => 7,
+        "Q5_0" => 8,
+        "Q5_1" => 9,
+        "Q2_K" => 10,
+        "Q3_K_S" => 11,
+        "Q3_K_M" => 12,
+        "Q3_K_L" => 13,
+        "Q4_K_S" => 14,
+        "Q5_K_S" => 16,
+        "Q5_K_M" => 17,
+        "Q6_K" => 18,
+        "BF16" => 32,
+        _ => 15, // Q4_K_M, the library's default
+    }
 }
 
 /// `8.0B` → 8000000000, `137M` → 137000000.
@@ -155,6 +212,26 @@ mod tests {
         assert_eq!(llama.len(), 1 + 32 * 9 + 2);
         assert_eq!(llama[0].kind, "Q4_K");
         assert_eq!(llama[llama.len() - 2].kind, "F32");
+    }
+
+    #[test]
+    fn model_info_has_the_keys_of_a_real_llama_gguf_with_per_model_values() {
+        let info = model_info(&catalogue::lookup("llama3.2:3b"));
+        assert_eq!(info["general.file_type"], 15);
+        assert_eq!(info["llama.attention.head_count"], 24);
+        assert_eq!(info["llama.attention.head_count_kv"], 8);
+        assert_eq!(info["llama.attention.layer_norm_rms_epsilon"], 1e-5);
+        assert_eq!(info["llama.rope.dimension_count"], 128);
+        assert_eq!(info["tokenizer.ggml.add_bos_token"], true);
+        assert!(info["tokenizer.ggml.tokens"].is_null());
+        // The conformance tests' random-weight model, as scripts/make_tiny_gguf.py writes it.
+        let tiny = model_info(&catalogue::lookup("tiny"));
+        assert_eq!(tiny["general.file_type"], 0);
+        assert_eq!(tiny["llama.attention.head_count"], 4);
+        assert_eq!(tiny["llama.rope.dimension_count"], 16);
+        let qwen = model_info(&catalogue::lookup("qwen2.5:7b"));
+        assert_eq!(qwen["qwen2.attention.head_count_kv"], 4);
+        assert_eq!(qwen["qwen2.attention.layer_norm_rms_epsilon"], 1e-6);
     }
 
     #[test]
