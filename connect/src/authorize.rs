@@ -11,8 +11,8 @@ use std::time::Duration;
 use ollama_mesh_consul::connect::Intention;
 use ollama_mesh_consul::watch::{Watch, WatchConfig};
 use ollama_mesh_consul::Client;
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::peer::PeerIdentity;
@@ -48,13 +48,7 @@ pub struct Authorizer {
     target: String,
     cache: Mutex<HashMap<PeerIdentity, Cached>>,
     changes: watch::Receiver<u64>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Authorizer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl Authorizer {
@@ -68,7 +62,7 @@ impl Authorizer {
             target,
             cache: Mutex::new(HashMap::new()),
             changes,
-            task: tokio::spawn(announce_changes(intentions, changes_tx)),
+            _task: AbortOnDrop::spawn(announce_changes(intentions, changes_tx)),
         }
     }
 

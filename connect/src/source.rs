@@ -3,14 +3,14 @@
 //! in the shared [`MeshTls`]. A renewal or a rotation therefore reaches the next handshake
 //! within a blocking query's round trip.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ollama_mesh_consul::connect::{CaRoots, LeafCert};
 use ollama_mesh_consul::watch::{Watch, WatchConfig, WatchStatus};
 use ollama_mesh_consul::Client;
-use std::sync::Arc;
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::identity::Identity;
 use crate::metrics;
@@ -26,13 +26,7 @@ pub struct IdentitySource {
     generation: watch::Receiver<u64>,
     leaf_status: Arc<WatchStatus>,
     roots_status: Arc<WatchStatus>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for IdentitySource {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl IdentitySource {
@@ -49,7 +43,7 @@ impl IdentitySource {
             generation,
             leaf_status: leaf.status(),
             roots_status: roots.status(),
-            task: tokio::spawn(follow(service, leaf, roots, tls, generation_tx)),
+            _task: AbortOnDrop::spawn(follow(service, leaf, roots, tls, generation_tx)),
         }
     }
 

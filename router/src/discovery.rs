@@ -19,8 +19,8 @@ use ollama_mesh_consul::health::ServiceEntry;
 use ollama_mesh_consul::kv::KvPair;
 use ollama_mesh_consul::watch::{Watch, WatchConfig, WatchStatus};
 use ollama_mesh_consul::Client;
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, MeshPolicy};
 use crate::backend_set::BackendSet;
@@ -37,13 +37,7 @@ pub struct Discovery {
     generation: watch::Receiver<u64>,
     health_status: Arc<WatchStatus>,
     drain_status: Arc<WatchStatus>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Discovery {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl Discovery {
@@ -69,7 +63,7 @@ impl Discovery {
             generation,
             health_status: health.status(),
             drain_status: drains.status(),
-            task: tokio::spawn(follow(health, drains, current, generation_tx, policy)),
+            _task: AbortOnDrop::spawn(follow(health, drains, current, generation_tx, policy)),
         }
     }
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration, Weights};
 use ollama_mesh_consul::contract::{self, InstanceId, InvalidInstanceId};
 use ollama_mesh_consul::Client;
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The Meta key holding the ops listener's port.
 pub const OPS_PORT_META: &str = "ops_port";
@@ -136,13 +136,7 @@ fn host_name() -> String {
 /// The running registration: kept in the agent until [`SelfRegistration::stop`].
 pub struct SelfRegistration {
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for SelfRegistration {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: AbortOnDrop<()>,
 }
 
 impl SelfRegistration {
@@ -152,7 +146,7 @@ impl SelfRegistration {
         let (stop, stopped) = oneshot::channel();
         Self {
             stop: Some(stop),
-            task: tokio::spawn(keep_registered(client, service, stopped)),
+            task: AbortOnDrop::spawn(keep_registered(client, service, stopped)),
         }
     }
 

@@ -17,8 +17,9 @@ use ollama_mesh_consul::agent::Weights;
 use ollama_mesh_consul::contract::{InstanceId, ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 use ollama_mesh_consul::watch::WatchStatus;
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::backend::MeshPolicy;
@@ -185,13 +186,7 @@ pub struct StaticFleet {
     current: Arc<ArcSwap<BackendSet>>,
     /// Sets published so far; the first one follows the first round.
     generation: watch::Receiver<u64>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for StaticFleet {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl StaticFleet {
@@ -204,7 +199,7 @@ impl StaticFleet {
     ) -> Self {
         let current = Arc::new(ArcSwap::from_pointee(BackendSet::default()));
         let (generation_tx, generation) = watch::channel(0);
-        let task = tokio::spawn(poll(
+        let task = AbortOnDrop::spawn(poll(
             backends,
             config,
             Probe::new(config.timeout, tls),
@@ -214,7 +209,7 @@ impl StaticFleet {
         Self {
             current,
             generation,
-            task,
+            _task: task,
         }
     }
 

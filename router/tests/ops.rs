@@ -11,6 +11,7 @@ use ollama_mesh_consul::contract::{ModelList, NodeMeta};
 use ollama_mesh_consul::health::CheckStatus;
 use ollama_mesh_consul::watch::WatchConfig;
 use ollama_mesh_consul::{Client, ConsulSettings};
+use ollama_mesh_daemon::AbortOnDrop;
 use ollama_mesh_router::metrics::Metrics;
 use ollama_mesh_router::static_fleet::{PollConfig, StaticBackend, StaticFleet};
 use ollama_mesh_router::{ops, Discovery, Fleet};
@@ -20,7 +21,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Fast polling, so outages show within a second.
 const POLL: PollConfig = PollConfig {
@@ -36,7 +36,7 @@ static SCRAPE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 struct OpsServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: AbortOnDrop<()>,
 }
 
 impl OpsServer {
@@ -44,7 +44,7 @@ impl OpsServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ops::serve(
+        let task = AbortOnDrop::spawn(ops::serve(
             listener,
             fleet.clone(),
             ollama_mesh_router::Scheduler::new(fleet, Default::default()),
@@ -79,12 +79,6 @@ impl OpsServer {
             .await
             .expect("the ops server stops on shutdown")
             .unwrap();
-    }
-}
-
-impl Drop for OpsServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

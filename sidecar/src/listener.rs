@@ -6,8 +6,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use crate::SidecarError;
 
@@ -26,13 +27,7 @@ pub(crate) async fn bind(
 
 /// A running server. Dropping it stops accepting and ends its open connections.
 pub(crate) struct Server {
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl Server {
@@ -44,7 +39,7 @@ impl Server {
         Fut: Future<Output = ()> + Send + 'static,
     {
         Self {
-            task: tokio::spawn(accept_loop(listener, name, handle)),
+            _task: AbortOnDrop::spawn(accept_loop(listener, name, handle)),
         }
     }
 }

@@ -21,8 +21,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::client::{Client, Consistency, QueryOptions, QueryResponse};
 use crate::connect::{CaRoots, Intention, LeafCert};
@@ -71,13 +71,7 @@ impl Default for WatchConfig {
 pub struct Watch<T> {
     snapshots: watch::Receiver<Option<Arc<T>>>,
     status: Arc<WatchStatus>,
-    task: JoinHandle<()>,
-}
-
-impl<T> Drop for Watch<T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl<T: PartialEq + Send + Sync + 'static> Watch<T> {
@@ -90,11 +84,11 @@ impl<T: PartialEq + Send + Sync + 'static> Watch<T> {
     {
         let (sender, snapshots) = watch::channel(None);
         let status = Arc::new(WatchStatus::default());
-        let task = tokio::spawn(run(name.into(), config, fetch, sender, status.clone()));
+        let task = AbortOnDrop::spawn(run(name.into(), config, fetch, sender, status.clone()));
         Self {
             snapshots,
             status,
-            task,
+            _task: task,
         }
     }
 

@@ -9,19 +9,13 @@ use ollama_mesh_consul::contract::kv as layout;
 use ollama_mesh_consul::kv::KvPair;
 use ollama_mesh_consul::watch::{Watch, WatchConfig};
 use ollama_mesh_consul::Client;
-use tokio::task::JoinHandle;
+use ollama_mesh_daemon::AbortOnDrop;
 
 use super::{checked_keys, EntryError, KeyEntry, KeyStore};
 
 /// The task keeping a [`KeyStore`] equal to the KV prefix. Dropping it stops the watch.
 pub struct ConsulKeys {
-    task: JoinHandle<()>,
-}
-
-impl Drop for ConsulKeys {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl ConsulKeys {
@@ -29,7 +23,7 @@ impl ConsulKeys {
     pub fn start(client: Client, store: KeyStore, config: WatchConfig) -> Self {
         let watch = Watch::kv_prefix(client, layout::API_KEYS_PREFIX, config);
         Self {
-            task: tokio::spawn(follow(watch, store)),
+            _task: AbortOnDrop::spawn(follow(watch, store)),
         }
     }
 }

@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ollama_mesh_daemon::AbortOnDrop;
 use serde_json::{Map, Value};
-use tokio::task::JoinHandle;
 
 use super::{checked_keys, ApiKey, EntryError, KeyEntry, KeyStore};
 use crate::file_stamp::file_stamp;
@@ -45,13 +45,7 @@ pub enum FileKeysError {
 
 /// The task keeping a [`KeyStore`] equal to the file. Dropping it stops the polling.
 pub struct FileKeys {
-    task: JoinHandle<()>,
-}
-
-impl Drop for FileKeys {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop<()>,
 }
 
 impl FileKeys {
@@ -60,7 +54,7 @@ impl FileKeys {
         let mut stamp = file_stamp(&path);
         store.replace(load(&path)?);
         tracing::info!(keys = store.len(), path = %path.display(), "API keys loaded from file");
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::spawn(async move {
             let mut ticks = tokio::time::interval(POLL);
             loop {
                 ticks.tick().await;
@@ -80,7 +74,7 @@ impl FileKeys {
                 }
             }
         });
-        Ok(Self { task })
+        Ok(Self { _task: task })
     }
 }
 

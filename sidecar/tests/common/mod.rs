@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use ollama_mesh_consul::health::{CheckStatus, ServiceEntry};
 use ollama_mesh_consul::{Client, ConsulSettings, QueryOptions};
-use ollama_mesh_daemon::Notifier;
+use ollama_mesh_daemon::{AbortOnDrop, Notifier};
 use ollama_mesh_sidecar::config::{Args, SidecarConfig};
 use ollama_mesh_sidecar::{Sidecar, SidecarError};
 use ollama_mesh_test_support::ConsulDev;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub const ID: &str = "ollama-test-node-1";
 
@@ -60,7 +59,7 @@ pub fn args(consul: &str, ollama: &str, nvidia_smi: &Path, extra: &[&str]) -> Ar
 /// A running sidecar; `shutdown` drains it.
 pub struct Running {
     shutdown: Option<oneshot::Sender<String>>,
-    pub task: JoinHandle<Result<(), SidecarError>>,
+    pub task: AbortOnDrop<Result<(), SidecarError>>,
 }
 
 impl Running {
@@ -69,7 +68,7 @@ impl Running {
             SidecarConfig::from_args(args, ConsulSettings::default()).expect("valid config");
         let sidecar = Sidecar::new(config, Notifier::default()).unwrap();
         let (shutdown, signal) = oneshot::channel::<String>();
-        let task = tokio::spawn(sidecar.run(async move { signal.await.unwrap_or_default() }));
+        let task = AbortOnDrop::spawn(sidecar.run(async move { signal.await.unwrap_or_default() }));
         Self {
             shutdown: Some(shutdown),
             task,
@@ -88,12 +87,6 @@ impl Running {
     /// Waits for the sidecar to stop by itself.
     pub async fn finished(mut self) -> Result<(), SidecarError> {
         (&mut self.task).await.unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

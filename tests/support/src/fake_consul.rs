@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ollama_mesh_daemon::AbortOnDrop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 /// A request the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +102,7 @@ type Handler = dyn Fn(&SeenRequest) -> Reply + Send + Sync;
 pub struct FakeConsul {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
-    task: JoinHandle<()>,
+    _task: AbortOnDrop<()>,
 }
 
 impl FakeConsul {
@@ -115,14 +115,18 @@ impl FakeConsul {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
         let recorded = seen.clone();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 tokio::spawn(serve(stream, handler, recorded));
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            _task: task,
+        }
     }
 
     /// The address, as `CONSUL_HTTP_ADDR` takes it.
@@ -133,12 +137,6 @@ impl FakeConsul {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().expect("requests lock").clone()
-    }
-}
-
-impl Drop for FakeConsul {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

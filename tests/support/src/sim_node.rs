@@ -2,17 +2,17 @@
 
 use std::net::SocketAddr;
 
+use ollama_mesh_daemon::AbortOnDrop;
 use ollama_mesh_sim::{NodeSpec, Simulator};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A running simulator.
 pub struct SimNode {
     addr: SocketAddr,
     sim: Simulator,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: AbortOnDrop<()>,
 }
 
 impl SimNode {
@@ -38,7 +38,7 @@ impl SimNode {
         let addr = listener.local_addr().expect("simulator address");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = sim.clone();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::spawn(async move {
             let _ = server
                 .serve(listener, async {
                     let _ = stopped.await;
@@ -75,11 +75,5 @@ impl SimNode {
         }
         let _ = (&mut self.task).await;
         self.addr
-    }
-}
-
-impl Drop for SimNode {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
