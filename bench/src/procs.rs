@@ -12,9 +12,10 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use http_body_util::Full;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::net::TcpStream;
+use ollama_mesh_ollama_client::{Answer, AskError, NodeClient};
 use tokio::process::{Child, Command};
 
 /// Why a child could not be started or did not come up.
@@ -326,12 +327,12 @@ pub async fn wait_http_ok(
     let mut last = String::from("no attempt");
     while started.elapsed() < within {
         match http_get(&uri, headers).await {
-            Ok((status, _)) if status == http::StatusCode::OK => return Ok(()),
-            Ok((status, body)) => {
+            Ok(answer) if answer.status == http::StatusCode::OK => return Ok(()),
+            Ok(Answer { status, body }) => {
                 let body = String::from_utf8_lossy(&body);
                 last = format!("{status} {}", body.chars().take(200).collect::<String>());
             }
-            Err(err) => last = err,
+            Err(err) => last = err.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -352,7 +353,7 @@ pub async fn wait_ready(url: &str, within: Duration) -> Result<(), ProcError> {
 pub async fn get_text(url: &str) -> Option<String> {
     let uri = http_uri(url).ok()?;
     match http_get(&uri, &[]).await {
-        Ok((status, body)) if status == http::StatusCode::OK => {
+        Ok(Answer { status, body }) if status == http::StatusCode::OK => {
             Some(String::from_utf8_lossy(&body).into_owned())
         }
         _ => None,
@@ -369,49 +370,20 @@ fn http_uri(url: &str) -> Result<http::Uri, ProcError> {
 
 /// One `GET` on a fresh connection, at most [`PROBE_TIMEOUT`] in all. A fresh connection each
 /// time on purpose: a probe must not ride on a pooled connection to a previous process.
-async fn http_get(
-    uri: &http::Uri,
-    headers: &[(&str, &str)],
-) -> Result<(http::StatusCode, bytes::Bytes), String> {
-    use http_body_util::{BodyExt, Empty};
-
-    let authority = uri.authority().ok_or("no host")?.clone();
-    let exchange = async {
-        let addr = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut request = http::Request::get(path).header(http::header::HOST, authority.as_str());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, exchange)
+async fn http_get(uri: &http::Uri, headers: &[(&str, &str)]) -> Result<Answer, AskError> {
+    let mut request = http::Request::get(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::default())
+        .map_err(|source| AskError::Request {
+            url: uri.to_string(),
+            source,
+        })?;
+    NodeClient::fresh_connections()
+        .send(request, PROBE_TIMEOUT)
         .await
-        .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
 }
 
 /// The longest one probe may take.

@@ -6,26 +6,26 @@
 //! rules are exactly those of Consul discovery: a backend that stops answering is taken out,
 //! and put back when it answers again.
 
-mod probe;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::Uri;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use ollama_mesh_consul::agent::Weights;
 use ollama_mesh_consul::contract::{InstanceId, ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 use ollama_mesh_consul::watch::WatchStatus;
 use ollama_mesh_daemon::AbortOnDrop;
+use ollama_mesh_ollama_client::{AskError, NodeClient, NodeState};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::backend::MeshPolicy;
-use crate::backend_tls::BackendTls;
+use crate::backend_tls::{self, BackendTls};
 use crate::{BackendSet, Fleet};
-use probe::{Probe, Reading};
 
 /// Prefix of a static backend's instance ID: `static-<host>-<port>`.
 const ID_PREFIX: &str = "static";
@@ -118,11 +118,15 @@ impl StaticBackend {
 
     /// Its health entry for the latest reading: `last_good` describes it (models, version);
     /// `error` says why the latest poll failed, if it did.
-    fn entry(&self, last_good: Option<&Reading>, error: Option<&str>) -> ServiceEntry {
+    fn entry(&self, last_good: Option<&NodeState>, error: Option<&str>) -> ServiceEntry {
         let meta = NodeMeta {
             parallel_slots: self.slots,
             models_on_disk: ModelList::new(last_good.map_or(&[][..], |r| &r.models_on_disk)),
-            models_loaded: ModelList::new(last_good.map_or(&[][..], |r| &r.models_loaded)),
+            models_loaded: ModelList::new(
+                last_good
+                    .into_iter()
+                    .flat_map(|r| r.models_loaded.iter().map(|m| m.name.as_str())),
+            ),
             ollama_version: last_good.map(|r| r.version.clone()),
             ..NodeMeta::default()
         };
@@ -202,7 +206,7 @@ impl StaticFleet {
         let task = AbortOnDrop::spawn(poll(
             backends,
             config,
-            Probe::new(config.timeout, tls),
+            probe(config.timeout, tls),
             current.clone(),
             generation_tx,
         ));
@@ -241,10 +245,22 @@ impl Fleet for StaticFleet {
     }
 }
 
+/// The client reading the backends: the three GETs a sidecar would make, done by the router.
+type Probe = NodeClient<HttpsConnector<HttpConnector>>;
+
+/// A probe that gives up connecting after `timeout` (each reading is bounded by it too), reaching
+/// https:// backends with `tls`'s trust.
+fn probe(timeout: Duration, tls: Option<&BackendTls>) -> Probe {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(timeout));
+    connector.set_nodelay(true);
+    NodeClient::with_connector(backend_tls::connector(tls, connector))
+}
+
 /// What the router knows of one backend between rounds.
 struct Polled {
     backend: StaticBackend,
-    last_good: Option<Reading>,
+    last_good: Option<NodeState>,
     error: Option<String>,
 }
 
@@ -273,7 +289,8 @@ async fn poll(
         for (index, p) in polled.iter().enumerate() {
             let probe = probe.clone();
             let url = p.backend.url().to_owned();
-            reads.spawn(async move { (index, probe.read(&url).await) });
+            let timeout = config.timeout;
+            reads.spawn(async move { (index, probe.read_state(&url, timeout).await) });
         }
         while let Some(joined) = reads.join_next().await {
             let Ok((index, result)) = joined else {
@@ -298,7 +315,7 @@ async fn poll(
 
 /// Keeps the last good reading across failures (so the operator still sees what the backend
 /// had) and logs once per change between answering and not.
-fn record(polled: &mut Polled, result: Result<Reading, probe::ProbeError>) {
+fn record(polled: &mut Polled, result: Result<NodeState, AskError>) {
     let url = polled.backend.url();
     match result {
         Ok(reading) => {

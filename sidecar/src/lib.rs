@@ -4,22 +4,20 @@
 //! # Layout
 //!
 //! * [`config`]: flags and environment ([`config::Args`]) validated into [`config::SidecarConfig`].
-//! * [`ollama`]: reading Ollama's version, models on disk and loaded models.
 //! * [`gpu`]: GPU facts from `nvidia-smi`.
 //! * [`registration`]: the service definition, Meta, weights, checks and the heartbeat summary.
 //! * [`sidecar`]: the main loop: observe, sync with Consul, follow drains, drain on shutdown.
 //! * `mesh`: mesh mode, Ollama behind Consul Connect mTLS and the intentions.
 //! * `metrics_endpoint`: `GET /metrics` for Prometheus.
 //! * `listener`: the servers beside the main loop, bound at start and stopped with it.
-//! * `http_get`: the bounded GET used for Ollama and the preemption notice.
+//!
+//! Ollama is read with `ollama-mesh-ollama-client` (version, models on disk, models loaded).
 
 pub mod config;
 pub mod gpu;
-pub mod ollama;
 pub mod registration;
 pub mod sidecar;
 
-mod http_get;
 mod listener;
 mod mesh;
 mod metrics_endpoint;

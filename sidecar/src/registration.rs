@@ -6,16 +6,16 @@ use ollama_mesh_consul::agent::{
 };
 use ollama_mesh_consul::contract::{self, ModelList, NodeMeta};
 use ollama_mesh_consul::health::CheckStatus;
+use ollama_mesh_ollama_client::NodeState;
 
 use crate::config::SidecarConfig;
 use crate::gpu::GpuInfo;
-use crate::ollama::OllamaState;
 
 /// What the sidecar knows about its node right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observation {
     /// The last good reading of Ollama (kept while Ollama is unreachable).
-    pub ollama: Option<OllamaState>,
+    pub ollama: Option<NodeState>,
     /// Why the latest Ollama reading failed, if it did.
     pub ollama_error: Option<String>,
     /// The last good GPU reading.

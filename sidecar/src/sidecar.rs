@@ -17,25 +17,28 @@ use ollama_mesh_consul::{Client, Error as ConsulError};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::SidecarConfig;
-use crate::http_get::HttpGet;
 use crate::listener::Server;
 use crate::mesh::Mesh;
 use crate::metrics_endpoint;
-use crate::ollama::OllamaClient;
 use crate::registration::{self, Heartbeat, Observation, SummaryCopy};
 use crate::{gpu, SidecarError};
 use ollama_mesh_daemon::Notifier;
+use ollama_mesh_ollama_client::NodeClient;
 
 /// Backoff between registration attempts while Consul fails; capped low so a returning agent
 /// sees the node again within seconds.
 const RETRY_INITIAL: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
+/// Longest one reading of Ollama (its three GETs, made at once) may take.
+const OLLAMA_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A configured sidecar, ready to run.
 pub struct Sidecar {
     config: SidecarConfig,
     consul: Client,
-    ollama: OllamaClient,
+    /// Reads the local Ollama.
+    ollama: NodeClient,
     notifier: Notifier,
 }
 
@@ -100,7 +103,7 @@ impl Sidecar {
     /// A sidecar for `config`, reporting to systemd through `notifier`.
     pub fn new(config: SidecarConfig, notifier: Notifier) -> Result<Self, SidecarError> {
         let consul = Client::new(&config.consul)?;
-        let ollama = OllamaClient::new(&config.ollama_url);
+        let ollama = NodeClient::http();
         Ok(Self {
             config,
             consul,
@@ -181,13 +184,17 @@ impl Sidecar {
 
     /// Reads Ollama every poll and the GPUs when due, keeping the last good readings.
     async fn observe(&self, observed: &mut Observation, next_gpu_probe: &mut Instant) {
-        let (ollama, gpu) = tokio::join!(self.ollama.read_state(), async {
-            if Instant::now() < *next_gpu_probe {
-                return None;
+        let (ollama, gpu) = tokio::join!(
+            self.ollama
+                .read_state(&self.config.ollama_url, OLLAMA_TIMEOUT),
+            async {
+                if Instant::now() < *next_gpu_probe {
+                    return None;
+                }
+                *next_gpu_probe = Instant::now() + self.config.gpu_probe_interval;
+                Some(gpu::probe(&self.config.gpu_probe).await)
             }
-            *next_gpu_probe = Instant::now() + self.config.gpu_probe_interval;
-            Some(gpu::probe(&self.config.gpu_probe).await)
-        });
+        );
         match ollama {
             Ok(state) => {
                 if observed.ollama_error.take().is_some() {
@@ -433,11 +440,12 @@ async fn preemption_notice(notice: Option<(String, Duration)>) {
     let Some((url, interval)) = notice else {
         return std::future::pending().await;
     };
-    let http = HttpGet::new(interval.max(Duration::from_secs(1)));
+    let http = NodeClient::http();
+    let timeout = interval.max(Duration::from_secs(1));
     let mut failing = false;
     loop {
-        match http.get(&url).await {
-            Ok((status, _)) if status.is_success() => {
+        match http.get(&url, timeout).await {
+            Ok(answer) if answer.status.is_success() => {
                 tracing::warn!(%url, "preemption notice received");
                 return;
             }

@@ -427,7 +427,12 @@ async fn an_ollama_answering_garbage_is_critical_with_a_clear_reason() {
         matches!(state(e), Some(RoutingState::Out { .. }))
     })
     .await;
-    until_summary(&client, Duration::from_secs(1), "not what its API returns").await;
+    until_summary(
+        &client,
+        Duration::from_secs(1),
+        "did not answer like Ollama's API",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -109,7 +109,7 @@ pub fn aggregate(action: &str, nodes: &[&Arc<Backend>], answers: Vec<NodeAnswer>
             Err(error) => {
                 failures.push(format!("{id}: {error}"));
                 statuses.push(None);
-                results.push(json!({ "instance": id, "error": error }));
+                results.push(json!({ "instance": id, "error": error.to_string() }));
             }
         }
     }

@@ -6,30 +6,27 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::HttpConnector;
+use ollama_mesh_ollama_client::{Answer, AskError, NodeClient};
 
 use crate::backend::Reach;
 use crate::backend_tls::{self, BackendTls};
 use crate::mesh::MeshClient;
 use crate::Backend;
 
-/// Largest answer read from one node.
-const MAX_ANSWER: usize = 16 << 20;
-
 /// A pooled client for requests to every node.
 #[derive(Clone)]
 pub struct FanOut {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: NodeClient<HttpsConnector<HttpConnector>>,
     /// `https` with TLS to the nodes: the same nodes Pingora reaches over TLS (mesh nodes are
     /// always `https`).
     scheme: &'static str,
 }
 
 /// One node's answer, or why there is none.
-pub type NodeAnswer = Result<(StatusCode, Bytes), String>;
+pub type NodeAnswer = Result<(StatusCode, Bytes), AskError>;
 
 impl FanOut {
     /// A client with its own connection pool, over HTTPS with `tls`, or with Connect mTLS to
@@ -40,7 +37,7 @@ impl FanOut {
             None => backend_tls::connector(tls, HttpConnector::new()),
         };
         Self {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: NodeClient::with_connector(connector),
             scheme: backend_tls::scheme(tls),
         }
     }
@@ -75,29 +72,15 @@ impl FanOut {
             Reach::Mesh => "https",
             Reach::Direct | Reach::Skipped(_) => self.scheme,
         };
+        let url = format!("{scheme}://{}{path}", node.address());
         let request = Request::builder()
             .method(method)
-            .uri(format!("{scheme}://{}{path}", node.address()))
+            .uri(&url)
             .header(http::header::HOST, node.host_header())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|source| AskError::Request { url, source })?;
+        let Answer { status, body } = self.http.send(request, timeout).await?;
+        Ok((status, body))
     }
 }

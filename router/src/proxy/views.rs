@@ -80,7 +80,7 @@ impl Views {
 
 /// A node's view as JSON, if it answered with one.
 fn parse_view(answer: super::fanout::NodeAnswer) -> Result<Value, String> {
-    let (status, body) = answer?;
+    let (status, body) = answer.map_err(|error| error.to_string())?;
     if !status.is_success() {
         return Err(format!("answered {status}"));
     }

@@ -1,17 +1,28 @@
 use ollama_mesh_consul::contract::RoutingState;
+use ollama_mesh_ollama_client::LoadedModel;
 
 use super::*;
 use crate::backend::MeshPolicy;
 
-fn reading(models: &[&str], loaded: &[&str]) -> Reading {
-    Reading {
+fn reading(models: &[&str], loaded: &[&str]) -> NodeState {
+    NodeState {
         version: "0.17.4".into(),
         models_on_disk: models.iter().map(|m| m.to_string()).collect(),
-        models_loaded: loaded.iter().map(|m| m.to_string()).collect(),
+        models_loaded: loaded
+            .iter()
+            .map(|m| LoadedModel {
+                name: m.to_string(),
+                size_vram: 0,
+            })
+            .collect(),
     }
 }
 
-fn build(backend: &StaticBackend, last_good: Option<&Reading>, error: Option<&str>) -> BackendSet {
+fn build(
+    backend: &StaticBackend,
+    last_good: Option<&NodeState>,
+    error: Option<&str>,
+) -> BackendSet {
     BackendSet::build(
         &[backend.entry(last_good, error)],
         &[],

@@ -1,9 +1,9 @@
 use clap::Parser as _;
 use ollama_mesh_consul::ConsulSettings;
+use ollama_mesh_ollama_client::LoadedModel;
 
 use super::*;
 use crate::config::Args;
-use crate::ollama::LoadedModel;
 
 fn config(extra: &[&str]) -> SidecarConfig {
     let mut argv = vec![
@@ -23,7 +23,7 @@ fn config(extra: &[&str]) -> SidecarConfig {
 
 fn healthy() -> Observation {
     Observation {
-        ollama: Some(OllamaState {
+        ollama: Some(NodeState {
             version: "0.17.4".into(),
             models_on_disk: vec!["llama3.2:3b".into(), "qwen2.5:7b".into()],
             models_loaded: vec![LoadedModel {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
@@ -24,9 +25,14 @@ pub fn fake_nvidia_smi(name: &str, body: &str) -> PathBuf {
         "ollama-mesh-nvidia-smi-{}-{name}",
         std::process::id()
     ));
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    // Written beside it and renamed over it: tests running at once write the same script, and
+    // writing a file another test is executing fails (ETXTBSY).
+    static WRITTEN: AtomicUsize = AtomicUsize::new(0);
+    let partial = path.with_extension(format!("{}", WRITTEN.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&partial, format!("#!/bin/sh\n{body}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
     path
 }
 
