@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::{encode_component, Client, QueryOptions};
+use crate::client::{encode_component, go_duration, Client, QueryOptions};
 use crate::health::{CheckStatus, HealthCheck};
 use crate::Error;
 
@@ -126,11 +126,6 @@ fn serialize_opt_duration<S: serde::Serializer>(
         Some(d) => serialize_duration(d, s),
         None => s.serialize_none(),
     }
-}
-
-/// Formats a duration the way Go's `time.ParseDuration` reads it, in whole milliseconds.
-pub(crate) fn go_duration(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
 }
 
 /// A service as the local agent reports it (`GET /v1/agent/service/:id`).

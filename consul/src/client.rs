@@ -217,7 +217,7 @@ impl Client {
         if blocking {
             params.push(format!("index={}", options.index));
             if let Some(wait) = options.wait {
-                params.push(format!("wait={}", crate::agent::go_duration(wait)));
+                params.push(format!("wait={}", go_duration(wait)));
             }
             let wait = options.wait.unwrap_or(Duration::from_secs(300));
             timeout = wait + wait / 16 + BLOCKING_SLACK;
@@ -348,4 +348,10 @@ fn percent_encode(s: &str, keep_slash: bool) -> String {
         }
     }
     out
+}
+
+/// Formats a duration the way Go's `time.ParseDuration` reads it, in whole milliseconds (blocking
+/// queries' `wait`, check intervals and TTLs).
+pub(crate) fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
 }

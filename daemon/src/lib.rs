@@ -7,11 +7,14 @@
 //! * [`notify`]: systemd's `sd_notify` protocol ([`Notifier`]: READY, STOPPING, WATCHDOG).
 //! * [`logging`]: the log formats operators choose between ([`LogFormat`]) and their setup.
 //! * [`task`]: a background task owned by a value ([`AbortOnDrop`]).
+//! * [`host`]: the host's name ([`host_name`]).
 
+pub mod host;
 pub mod logging;
 pub mod notify;
 pub mod task;
 
+pub use host::host_name;
 pub use logging::{init_logging, LogFormat};
 pub use notify::Notifier;
 pub use task::AbortOnDrop;

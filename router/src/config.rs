@@ -28,6 +28,7 @@ use serde::Deserialize;
 
 use crate::backend_tls::BackendTls;
 use crate::keygen::KeygenArgs;
+use crate::mesh::MeshSettings;
 use crate::schedule::{Policy, ScheduleSettings};
 use crate::static_fleet::{PollConfig, StaticBackend};
 use crate::tls::{TlsError, TlsFiles};
@@ -346,15 +347,6 @@ pub struct RouterConfig {
     pub backend_tls: Option<BackendTls>,
     /// Consul Connect to the nodes; `None` outside the service mesh.
     pub mesh: Option<MeshSettings>,
-}
-
-/// How the router takes part in the service mesh.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MeshSettings {
-    /// The router's own Connect service name.
-    pub service: String,
-    /// Nodes registered without Connect are reached over plain HTTP.
-    pub allow_plain: bool,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:11434";

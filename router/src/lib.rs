@@ -14,6 +14,8 @@
 //! * [`fleet`]: the [`Fleet`] trait over backend sources (Consul discovery, static URLs).
 //! * [`proxy`]: the Pingora proxy ([`proxy::MeshProxy`]): routing, streaming, retries, fleet views.
 //! * [`server`]: running the proxy on Pingora with a draining shutdown ([`server::serve`]).
+//! * [`active`]: the requests in flight ([`active::ActiveRequests`]), counted by the proxy and
+//!   waited for by the server's drain.
 //! * [`schedule`]: which node serves each request and when ([`schedule::Scheduler`]): candidates,
 //!   slots per node and model, the queue at the router, residency, conversation affinity,
 //!   learned costs, priorities and the retry budget. Its decisions are pure functions of the
@@ -35,6 +37,7 @@
 //! * [`registration`]: optional self-registration in Consul as `ollama-mesh-router`
 //!   ([`registration::SelfRegistration`]).
 
+pub mod active;
 pub mod backend;
 pub mod backend_set;
 pub mod backend_tls;

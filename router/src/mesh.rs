@@ -31,7 +31,16 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::backend::MeshPolicy;
-use crate::config::MeshSettings;
+
+/// How the router takes part in the service mesh (`--mesh`, `--mesh-service`,
+/// `--mesh-allow-plain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// The router's own Connect service name.
+    pub service: String,
+    /// Nodes registered without Connect are reached over plain HTTP.
+    pub allow_plain: bool,
+}
 
 /// Why a request cannot go to a mesh node.
 #[derive(Debug, thiserror::Error)]

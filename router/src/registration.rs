@@ -16,7 +16,7 @@ use std::time::Duration;
 use ollama_mesh_consul::agent::{CheckDefinition, CheckKind, ServiceRegistration, Weights};
 use ollama_mesh_consul::contract::{self, InstanceId, InvalidInstanceId};
 use ollama_mesh_consul::Client;
-use ollama_mesh_daemon::AbortOnDrop;
+use ollama_mesh_daemon::{host_name, AbortOnDrop};
 use tokio::sync::oneshot;
 
 /// The Meta key holding the ops listener's port.
@@ -122,15 +122,6 @@ fn reachable_locally(addr: SocketAddr) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(ip, addr.port())
-}
-
-/// The host name, as the kernel has it; `localhost` if it cannot be read.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The running registration: kept in the agent until [`SelfRegistration::stop`].

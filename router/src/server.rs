@@ -9,7 +9,6 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::active::ActiveRequests;
 use crate::proxy::MeshProxy;
 use crate::tls::ServerTls;
 
@@ -54,33 +54,6 @@ pub struct ServeOptions {
     /// (`--backend-ca`); `None` leaves Pingora's default, the system's roots. Must be valid
     /// UTF-8 and loadable (the configuration checks both): Pingora panics on a bad file.
     pub backend_ca: Option<PathBuf>,
-}
-
-/// Requests the router is handling right now.
-#[derive(Debug, Clone, Default)]
-pub struct ActiveRequests(Arc<AtomicUsize>);
-
-/// Counts one request while it lives.
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<AtomicUsize>);
-
-impl ActiveRequests {
-    /// Starts counting a request.
-    pub fn start(&self) -> ActiveRequest {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        ActiveRequest(self.0.clone())
-    }
-
-    /// How many are running.
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Asks a running server to shut down (gracefully). Cheap to clone.

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use http::Uri;
 use ollama_mesh_consul::config::{ClientConfig, ConsulAddress, ConsulSettings};
 use ollama_mesh_consul::contract::{self, InstanceId};
+use ollama_mesh_daemon::host_name;
 pub use ollama_mesh_daemon::LogFormat;
 
 /// Register the local Ollama in Consul, keep its entry true, and drain it cleanly.
@@ -476,14 +477,6 @@ fn default_advertise_host(consul: &ConsulAddress, ollama_host: &str) -> String {
         Ok(ip) if !ip.is_unspecified() => ip.to_string(),
         _ => ollama_host.to_owned(),
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 #[cfg(test)]

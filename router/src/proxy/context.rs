@@ -11,8 +11,8 @@ use super::connections::ConnectionPermit;
 use super::limits::Slot;
 use super::route::Route;
 use super::watchdog::{AttemptGuard, Cut};
+use crate::active::ActiveRequest;
 use crate::schedule::{Ask, Permit, Retries};
-use crate::server::ActiveRequest;
 
 /// What the router knows about one request.
 pub struct RequestContext {

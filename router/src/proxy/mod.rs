@@ -59,12 +59,12 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::active::ActiveRequests;
 use crate::backend_tls::BackendTls;
 use crate::keys::{KeyStore, API_KEY_HEADER};
 use crate::mesh::MeshClient;
 use crate::metrics::Metrics;
 use crate::schedule::{Outcome, ScheduleSettings, Scheduler};
-use crate::server::ActiveRequests;
 use crate::Fleet;
 use completion::CompletionScanner;
 use connections::{ConnectionLimit, ConnectionPermit};
