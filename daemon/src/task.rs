@@ -26,6 +26,13 @@ impl<T> AbortOnDrop<T> {
     }
 }
 
+/// Takes ownership of a task spawned elsewhere (on another runtime's handle, say).
+impl<T> From<JoinHandle<T>> for AbortOnDrop<T> {
+    fn from(handle: JoinHandle<T>) -> Self {
+        Self(handle)
+    }
+}
+
 impl<T> Future for AbortOnDrop<T> {
     type Output = Result<T, JoinError>;
 

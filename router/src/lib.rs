@@ -13,6 +13,8 @@
 //!   lock-free ([`Discovery`]).
 //! * [`fleet`]: the [`Fleet`] trait over backend sources (Consul discovery, static URLs).
 //! * [`proxy`]: the Pingora proxy ([`proxy::MeshProxy`]): routing, streaming, retries, fleet views.
+//! * [`router`]: the router the binary runs, built from its configuration ([`Router::build`],
+//!   [`Router::run`]); the integration tests start it the same way.
 //! * [`server`]: running the proxy on Pingora with a draining shutdown ([`server::serve`]).
 //! * [`active`]: the requests in flight ([`active::ActiveRequests`]), counted by the proxy and
 //!   waited for by the server's drain.
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy;
 pub mod registration;
+pub mod router;
 pub mod schedule;
 pub mod server;
 pub mod static_fleet;
@@ -65,4 +68,5 @@ pub use backend::InFlightGuard;
 pub use backend_set::BackendSet;
 pub use discovery::Discovery;
 pub use fleet::Fleet;
+pub use router::{Router, RouterError};
 pub use schedule::{ScheduleError, Scheduler};

@@ -72,6 +72,12 @@ impl Shutdown {
         self.0.send_replace(true);
     }
 
+    /// Resolves once the shutdown is requested.
+    pub async fn requested(&self) {
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = self.subscribe().wait_for(|requested| *requested).await;
+    }
+
     fn subscribe(&self) -> watch::Receiver<bool> {
         self.0.subscribe()
     }

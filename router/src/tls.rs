@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use ollama_mesh_daemon::AbortOnDrop;
 use pingora::listeners::tls::TlsSettings;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::task::JoinHandle;
 
 use crate::file_stamp::file_stamp;
 
@@ -117,10 +117,10 @@ impl ServerTls {
     }
 
     /// Follows the certificate and key files, loading them again when either changes. Runs
-    /// until the returned task is aborted (or its runtime stops).
-    pub fn follow_files(&self) -> JoinHandle<()> {
+    /// until the returned handle is dropped.
+    pub fn follow_files(&self) -> AbortOnDrop<()> {
         let certificate = self.certificate.clone();
-        tokio::spawn(async move {
+        AbortOnDrop::spawn(async move {
             let files = &certificate.files;
             let stamps = || (file_stamp(&files.cert), file_stamp(&files.key));
             let mut seen = stamps();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clap::Parser as _;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -18,10 +19,13 @@ use ollama_mesh_consul::contract::{self, ModelList, NodeMeta};
 use ollama_mesh_consul::health::{CatalogService, CheckStatus, HealthCheck, Node, ServiceEntry};
 use ollama_mesh_consul::watch::WatchStatus;
 use ollama_mesh_consul::ConsulSettings;
+use ollama_mesh_daemon::Notifier;
 use ollama_mesh_router::active::ActiveRequests;
 use ollama_mesh_router::backend::MeshPolicy;
+use ollama_mesh_router::config::{Args, RouterConfig};
 use ollama_mesh_router::keys::{hex, sha256, KeyEntry, KeyStore};
 use ollama_mesh_router::proxy::{MeshProxy, ProxySettings};
+use ollama_mesh_router::router::{proxy_settings, serve_options};
 use ollama_mesh_router::server::{self, ServeOptions, Shutdown};
 use ollama_mesh_router::tls::ServerTls;
 use ollama_mesh_router::{BackendSet, Fleet};
@@ -88,24 +92,27 @@ pub fn entry(
     }
 }
 
+/// The configuration `ollama-mesh-router FLAGS…` gives, with Consul's defaults.
+pub fn config(flags: &[&str]) -> RouterConfig {
+    let argv = std::iter::once("ollama-mesh-router").chain(flags.iter().copied());
+    let args = Args::try_parse_from(argv).expect("valid flags");
+    RouterConfig::from_args(&args, ConsulSettings::default()).expect("valid configuration")
+}
+
+/// The proxy settings the binary derives from a few test flags (short timeouts).
 pub fn settings() -> ProxySettings {
-    ProxySettings {
-        connect_timeout: Duration::from_secs(1),
-        read_timeout: Duration::from_secs(30),
-        first_byte_timeout: Duration::from_secs(30),
-        stream_idle_timeout: Duration::from_secs(30),
-        schedule: ollama_mesh_router::schedule::ScheduleSettings {
-            retries: 2,
-            ..Default::default()
-        },
-        max_body_size: 64 << 20,
-        enable_management: false,
-        client_timeout: Duration::from_secs(60),
-        max_header_size: 64 << 10,
-        max_connections: 1_000,
-        backend_tls: None,
-        mesh: None,
-    }
+    proxy_settings(
+        &config(&[
+            "--allow-anonymous",
+            "--connect-timeout=1s",
+            "--read-timeout=30s",
+            "--first-byte-timeout=30s",
+            "--stream-idle-timeout=30s",
+            "--retries=2",
+            "--max-connections=1000",
+        ]),
+        None,
+    )
 }
 
 /// A router on a free port, shut down (gracefully) on drop.
@@ -174,6 +181,28 @@ impl Router {
         Self::serving(|active| MeshProxy::new(fleet, settings, active), None, ca).await
     }
 
+    /// The router `ollama-mesh-router FLAGS…` runs, built and run as the binary does
+    /// ([`ollama_mesh_router::Router`]), on a free port with its ops endpoints on another.
+    pub async fn built(flags: &[&str]) -> (Self, SocketAddr) {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = format!("--listen={addr}");
+        let mut all = vec![listen.as_str(), "--ops-listen=127.0.0.1:0"];
+        all.extend_from_slice(flags);
+        let router = ollama_mesh_router::Router::build(config(&all), Notifier::default())
+            .await
+            .expect("the router builds");
+        let ops = router.ops_addr();
+        let shutdown = Shutdown::default();
+        let requested = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            router.run(async move {
+                requested.requested().await;
+                "test shutdown".to_owned()
+            })
+        });
+        (Self::started(addr, shutdown, thread).await, ops)
+    }
+
     /// A router serving the proxy `build` makes, given the request counter it must use.
     pub async fn with_proxy(build: impl FnOnce(ActiveRequests) -> MeshProxy) -> Self {
         Self::serving(build, None, None).await
@@ -187,18 +216,26 @@ impl Router {
         let active = ActiveRequests::default();
         let proxy = build(active.clone());
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = format!("--listen={addr}");
         let options = ServeOptions {
-            listen: addr.to_string(),
-            tls,
-            threads: 2,
-            grace_period: Duration::from_secs(10),
-            max_attempts: 3,
-            max_header_size: 64 << 10,
             backend_ca,
+            ..serve_options(
+                &config(&[&listen, "--threads=2", "--grace-period=10s", "--retries=2"]),
+                tls,
+            )
         };
         let shutdown = Shutdown::default();
         let trigger = shutdown.clone();
         let thread = std::thread::spawn(move || server::serve(proxy, active, &options, &trigger));
+        Self::started(addr, shutdown, thread).await
+    }
+
+    /// Waits until the router serving on `thread` accepts connections at `addr`.
+    async fn started(
+        addr: SocketAddr,
+        shutdown: Shutdown,
+        thread: std::thread::JoinHandle<()>,
+    ) -> Self {
         let started = Instant::now();
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             assert!(
