@@ -5,7 +5,8 @@
 //!   in size, over plain HTTP or any connector (the router's TLS and mTLS ones).
 //! * [`NodeClient::read_state`]: a node's version, models on disk and models loaded
 //!   ([`NodeState`]), the three GETs a sidecar makes at every poll.
-//! * [`AskError`]: why no usable answer came, naming the URL asked.
+//! * [`AskError`]: why no usable answer came, naming the URL asked and the cause
+//!   ([`error_chain`]).
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -36,7 +37,7 @@ pub enum AskError {
         source: http::Error,
     },
     /// No connection, or the connection failed before the answer's head.
-    #[error("{url} is unreachable: {}", chain(.source))]
+    #[error("{url} is unreachable: {}", error_chain(.source))]
     Unreachable {
         /// The URL asked.
         url: String,
@@ -45,7 +46,7 @@ pub enum AskError {
         source: hyper_util::client::legacy::Error,
     },
     /// The answer's body broke off or was larger than the client reads.
-    #[error("{url}: the answer broke off: {}", chain(source.as_ref()))]
+    #[error("{url}: the answer broke off: {}", error_chain(source.as_ref()))]
     Body {
         /// The URL asked.
         url: String,
@@ -80,8 +81,9 @@ pub enum AskError {
     },
 }
 
-/// An error and its causes on one line (hyper's own text is only "client error (Connect)").
-fn chain(error: &(dyn StdError + 'static)) -> String {
+/// An error and its causes on one line: hyper's own text alone ("client error (Connect)") does
+/// not say what went wrong.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {
@@ -127,14 +129,18 @@ struct Version {
     version: String,
 }
 
-#[derive(Deserialize)]
-struct Tags {
-    models: Vec<Tag>,
+/// `/api/tags`: the models on disk.
+#[derive(Debug, Deserialize)]
+pub struct Tags {
+    /// One entry per model.
+    pub models: Vec<Tag>,
 }
 
-#[derive(Deserialize)]
-struct Tag {
-    name: String,
+/// One model of `/api/tags` (only what ollama-mesh reads of it).
+#[derive(Debug, Deserialize)]
+pub struct Tag {
+    /// Its name, e.g. `llama3.2:3b`.
+    pub name: String,
 }
 
 #[derive(Deserialize)]

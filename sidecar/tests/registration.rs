@@ -122,13 +122,7 @@ async fn loaded_models_reach_consul_within_a_poll_and_quiet_polls_write_nothing(
     assert_eq!(before, after, "unchanged polls caused a Consul write");
 
     // Preload a model, as a client's first request would.
-    let status = reqwest_free_post(
-        node.addr(),
-        "/api/generate",
-        r#"{"model":"llama3.2:3b","stream":false}"#,
-    )
-    .await;
-    assert_eq!(status, 200);
+    load(&node, "llama3.2:3b").await;
     let took = until(&client, Duration::from_secs(5), |e| {
         e.is_some_and(|e| meta(e).models_loaded.contains("llama3.2:3b"))
     })
@@ -170,13 +164,7 @@ async fn the_consul_ui_shows_each_summary_that_matters_within_a_second() {
     )
     .await;
 
-    let status = reqwest_free_post(
-        node.addr(),
-        "/api/generate",
-        r#"{"model":"llama3.2:3b","stream":false}"#,
-    )
-    .await;
-    assert_eq!(status, 200);
+    load(&node, "llama3.2:3b").await;
     let model_loaded =
         until_summary(&client, Duration::from_secs(5), "loaded: llama3.2:3b ·").await;
 
@@ -198,13 +186,7 @@ async fn the_consul_ui_shows_each_summary_that_matters_within_a_second() {
     // The sidecar dies without deregistering; the agent keeps its last summary. Another model
     // loads meanwhile: the next sidecar's summary has the same status and a new text.
     drop(sidecar);
-    let status = reqwest_free_post(
-        node.addr(),
-        "/api/generate",
-        r#"{"model":"qwen2.5:7b","stream":false}"#,
-    )
-    .await;
-    assert_eq!(status, 200);
+    load(&node, "qwen2.5:7b").await;
     let _sidecar = Running::start(&flags);
     let restarted = until_summary(&client, Duration::from_secs(5), "qwen2.5:7b").await;
     let _ = std::fs::remove_file(&gpu_answer);
@@ -223,6 +205,13 @@ async fn the_consul_ui_shows_each_summary_that_matters_within_a_second() {
     assert!(gpu_failing < Duration::from_secs(1), "GPU: {gpu_failing:?}");
     assert!(gpu_back < Duration::from_secs(1), "GPU back: {gpu_back:?}");
     assert!(restarted < Duration::from_secs(2), "restart: {restarted:?}");
+}
+
+/// Loads `model` on `node`, as a client's first request would.
+async fn load(node: &SimNode, model: &str) {
+    let body = format!(r#"{{"model":"{model}","stream":false}}"#);
+    let status = reqwest_free_post(node.addr(), "/api/generate", &body).await;
+    assert_eq!(status, 200, "loading {model}");
 }
 
 /// A minimal POST with a JSON body; returns the status.

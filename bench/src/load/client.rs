@@ -7,6 +7,7 @@ use http::header::CONTENT_TYPE;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ollama_mesh_ollama_client::error_chain;
 use tokio::time::Instant;
 
 use super::connector::CappedConnector;
@@ -87,12 +88,12 @@ impl Client {
             .inner
             .request(http_request)
             .await
-            .map_err(|error| describe(&error))?;
+            .map_err(|error| error_chain(&error))?;
         timing.status = Some(response.status().as_u16());
         let mut body = response.into_body();
         let mut error_lines = request.stream.then(ErrorLines::default);
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|error| describe(&error))?;
+            let frame = frame.map_err(|error| error_chain(&error))?;
             let Ok(data) = frame.into_data() else {
                 continue; // trailers
             };
@@ -109,19 +110,6 @@ impl Client {
             None => Ok(()),
         }
     }
-}
-
-/// An error and its sources on one line: hyper's own message alone ("client error (Connect)")
-/// does not say what went wrong.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// What has been seen of one response so far.

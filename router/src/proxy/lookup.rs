@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use ollama_mesh_consul::contract::meta::canonical_model_name;
-use serde::Deserialize;
+use ollama_mesh_ollama_client::Tags;
 
 use super::fanout::FanOut;
 use crate::{Backend, BackendSet};
@@ -29,16 +29,6 @@ pub struct Lookup {
     fanout: FanOut,
     timeout: Duration,
     misses: Mutex<HashMap<String, Instant>>,
-}
-
-#[derive(Deserialize)]
-struct Tags {
-    models: Vec<Tag>,
-}
-
-#[derive(Deserialize)]
-struct Tag {
-    name: String,
 }
 
 impl Lookup {
