@@ -124,7 +124,7 @@ pub struct Settings {
     pub retries: Option<u32>,
 
     /// Scheduling policy: least-outstanding, queue, residency, affinity, learned or preload
-    /// (each adds one idea to the one before; see the README). [default: preload]
+    /// (each adds one idea to the one before; see the README). [default: learned]
     #[arg(long, env = "OLLAMA_MESH_SCHEDULE")]
     pub schedule: Option<String>,
 

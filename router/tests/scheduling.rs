@@ -247,28 +247,3 @@ async fn a_waiting_request_has_its_model_loaded_on_a_cold_node_ahead_of_need() {
     );
     assert_eq!(scheduler.queued(), 0);
 }
-
-/// An OpenAI-compatible answer carries none of Ollama's timings: the router learns the node's
-/// load time from how long a streamed answer took to its first token where the model was cold.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_times_are_learned_from_openai_streams_too() {
-    let node = slow_node(5).await;
-    let entries = vec![entry("gpu-1", node.addr(), &[MODEL], &[], 1)];
-    let set = BackendSet::build(&entries, &[], &BackendSet::default(), MeshPolicy::default());
-    let (router, scheduler) = router(entries, ScheduleSettings::default()).await;
-    let answer = post(
-        &router.url("/v1/chat/completions"),
-        json!({"model": MODEL, "stream": true, "max_tokens": 5,
-               "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
-    assert_eq!(answer.status, StatusCode::OK);
-    let report = scheduler.report(set.get("gpu-1").unwrap());
-    let learned = &report.iter().find(|m| m.model == MODEL).unwrap().learned;
-    let load = learned
-        .load_seconds
-        .expect("a load time learned from the stream");
-    let loads = node.sim().stats()["loads"].as_u64().unwrap();
-    assert_eq!(loads, 1);
-    assert!(load > 0.25, "{load} s");
-}

@@ -456,7 +456,10 @@ fn systems(variant: Variant) -> Vec<(PeerKind, Option<&'static str>)> {
     }
 }
 
-/// The router's `--schedule` policies, simplest first; the last is its default.
+/// The router's default `--schedule` policy.
+const DEFAULT_POLICY: &str = "learned";
+
+/// The router's `--schedule` policies, simplest first.
 const ROUTER_POLICIES: [&str; 6] = [
     "least-outstanding",
     "queue",
@@ -468,9 +471,7 @@ const ROUTER_POLICIES: [&str; 6] = [
 
 /// The router with its default policy.
 fn is_default_router(m: &Measured) -> bool {
-    m.kind == PeerKind::Router
-        && m.policy
-            .is_none_or(|p| Some(p) == ROUTER_POLICIES.last().copied())
+    m.kind == PeerKind::Router && m.policy.is_none_or(|p| p == DEFAULT_POLICY)
 }
 
 /// The failure workload: no non-streamed request fails through the router. The fleet
@@ -753,8 +754,8 @@ fn section(
          each model over every node, which shows in cold loads and cache hits. SMG runs with \
          its default `power_of_two` and its `cache_aware` policy; the router runs with its \
          scheduling policies (`--schedule`, each adding one idea to the one before: \
-         `least-outstanding`, `queue`, `residency`, `affinity`, `learned`, `preload`, the \
-         default), told \
+         `least-outstanding`, `queue`, `residency`, `affinity`, `learned` (the default), \
+         `preload`), told \
          each node's slots (`--slots {}`). Goodput counts refused and timed-out requests as \
          misses; cold loads count the loads during the run (not the oracle's placement).\n",
         shape.description,

@@ -542,9 +542,9 @@ fn static_backends_are_polled_every_two_seconds_unless_told() {
 }
 
 #[test]
-fn scheduling_preloads_by_default_and_every_setting_is_read() {
+fn scheduling_is_learned_by_default_and_every_setting_is_read() {
     let defaults = config(&["--allow-anonymous"]).unwrap();
-    assert_eq!(defaults.schedule.policy, Policy::Preload);
+    assert_eq!(defaults.schedule.policy, Policy::Learned);
     assert_eq!(defaults.schedule.queue_max, 1_000);
     assert_eq!(defaults.schedule.queue_timeout, Duration::from_secs(60));
     let set = config(&[

@@ -422,10 +422,6 @@ impl ProxyHttp for MeshProxy {
             return Err(error);
         }
         upstream.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        // A stream's head comes with its first token; a whole answer's, at its end.
-        if let Some(permit) = ctx.current.as_mut().filter(|_| is_stream(upstream)) {
-            permit.first_byte();
-        }
         self.metrics
             .first_byte(ctx.route.label(), &ctx.model_label(), ctx.started.elapsed());
         Ok(())
@@ -600,15 +596,6 @@ impl ProxyHttp for MeshProxy {
 }
 
 /// The size of a request head as sent: request line and header lines.
-/// Whether a node's answer is a stream (NDJSON or server-sent events).
-fn is_stream(response: &ResponseHeader) -> bool {
-    response
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.contains("ndjson") || t.contains("event-stream"))
-}
-
 fn head_size(header: &RequestHeader) -> usize {
     let line = header.method.as_str().len() + header.uri.to_string().len() + 12;
     header.headers.iter().fold(line, |size, (name, value)| {

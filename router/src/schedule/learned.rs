@@ -81,20 +81,6 @@ pub struct Outcome {
     pub timings: Option<Timings>,
 }
 
-/// What the router itself saw of a request that ran a model: whether the model had to be
-/// loaded on the node first, the prompt's estimated size, and how long a streamed answer took
-/// to its first byte. It teaches load times and prefill rates where the answer has no Ollama
-/// figures (the OpenAI-compatible routes): Ollama sends a stream's head with its first token.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Seen {
-    /// The router judged the model not resident on the node when it sent the request.
-    pub cold: bool,
-    /// Estimated prompt tokens.
-    pub prompt_tokens: u32,
-    /// From dispatch to a streamed answer's first byte.
-    pub first_byte: Option<Duration>,
-}
-
 /// Learned figures for one model on one node, or across the fleet.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Learned {
@@ -109,17 +95,13 @@ pub struct Learned {
 }
 
 impl Learned {
-    /// Takes in one finished request that held its slot for `held`, with what the router saw
-    /// of it (used when the answer has no Ollama figures).
-    pub fn observe(&mut self, outcome: &Outcome, seen: &Seen, held: Duration, now: Instant) {
+    /// Takes in one finished request that held its slot for `held`.
+    pub fn observe(&mut self, outcome: &Outcome, held: Duration, now: Instant) {
         if !outcome.answered {
             return;
         }
         self.service_seconds.observe(held.as_secs_f64(), now);
-        let Some(t) = outcome.timings else {
-            self.observe_seen(seen, now);
-            return;
-        };
+        let Some(t) = outcome.timings else { return };
         if t.prompt_tokens > 0 && t.prompt_duration > Duration::ZERO {
             // Cached tokens are in the count but not the duration: long cached prompts read
             // "fast", which is what a request sent there will see too.
@@ -132,23 +114,6 @@ impl Learned {
         }
         if t.load > REAL_LOAD {
             self.load_seconds.observe(t.load.as_secs_f64(), now);
-        }
-    }
-
-    /// Learns from the first byte's time: a load where the model was not resident (when it
-    /// took as long as a real load: else the router's view was stale and the model was there),
-    /// else the prefill rate (the slot was free, so the node started at once).
-    fn observe_seen(&mut self, seen: &Seen, now: Instant) {
-        let Some(first_byte) = seen.first_byte.filter(|t| !t.is_zero()) else {
-            return;
-        };
-        if seen.cold {
-            if first_byte > REAL_LOAD {
-                self.load_seconds.observe(first_byte.as_secs_f64(), now);
-            }
-        } else if seen.prompt_tokens > 0 {
-            let rate = f64::from(seen.prompt_tokens) / first_byte.as_secs_f64();
-            self.prefill_tps.observe(rate, now);
         }
     }
 }
@@ -254,51 +219,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn without_ollamas_figures_the_first_byte_teaches_loads_and_prefill() {
-        let now = Instant::now();
-        let answered = Outcome {
-            answered: true,
-            node_failed: false,
-            timings: None,
-        };
-        let mut learned = Learned::default();
-        let cold = Seen {
-            cold: true,
-            prompt_tokens: 200,
-            first_byte: Some(Duration::from_secs(3)),
-        };
-        learned.observe(&answered, &cold, Duration::from_secs(5), now);
-        assert_eq!(learned.load_seconds.get(), Some(3.0));
-        assert_eq!(learned.prefill_tps.get(), None, "a load hides the prefill");
-        let warm = Seen {
-            cold: false,
-            prompt_tokens: 200,
-            first_byte: Some(Duration::from_millis(100)),
-        };
-        learned.observe(&answered, &warm, Duration::from_secs(2), now);
-        assert_eq!(learned.prefill_tps.get(), Some(2_000.0));
-        // A "cold" request answered at once found the model loaded: no load time.
-        let stale = Seen {
-            first_byte: Some(Duration::from_millis(20)),
-            ..cold
-        };
-        let mut fresh = Learned::default();
-        fresh.observe(&answered, &stale, Duration::from_secs(1), now);
-        assert_eq!(fresh.load_seconds.get(), None);
-        // Ollama's own figures win over what the router saw.
-        let native = Outcome {
-            timings: Some(Timings {
-                load: Duration::from_secs(1),
-                ..Timings::default()
-            }),
-            ..answered
-        };
-        let mut both = Learned::default();
-        both.observe(&native, &cold, Duration::from_secs(4), now);
-        assert_eq!(both.load_seconds.get(), Some(1.0));
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn rates_and_loads_come_from_the_final_chunk() {
         let now = Instant::now();
         let mut learned = Learned::default();
@@ -313,7 +233,7 @@ mod tests {
                 eval_duration: Duration::from_secs(2),
             }),
         };
-        learned.observe(&outcome, &Seen::default(), Duration::from_secs(7), now);
+        learned.observe(&outcome, Duration::from_secs(7), now);
         assert_eq!(learned.prefill_tps.get(), Some(2_000.0));
         assert_eq!(learned.decode_tps.get(), Some(50.0));
         assert_eq!(learned.load_seconds.get(), Some(4.0));
@@ -327,7 +247,6 @@ mod tests {
                 answered: false,
                 ..outcome
             },
-            &Seen::default(),
             Duration::from_secs(1),
             now,
         );
@@ -342,7 +261,6 @@ mod tests {
                 node_failed: false,
                 timings: Some(quick),
             },
-            &Seen::default(),
             Duration::from_secs(1),
             now,
         );

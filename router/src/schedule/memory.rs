@@ -13,7 +13,7 @@ use ollama_mesh_consul::contract::meta::canonical_model_name;
 use tokio::time::Instant;
 
 use super::ask::Residency;
-use super::learned::{Costs, Learned, Outcome, Seen};
+use super::learned::{Costs, Learned, Outcome};
 use super::outlier::{Change, Outliers};
 use crate::backend::Backend;
 use crate::backend_set::BackendSet;
@@ -311,8 +311,7 @@ impl Memory {
     }
 
     /// Records the end of permit `id` for `model` (if it was for one) on `node`, held since
-    /// `since`, with what the router `seen` of it; says whether that ejected the node or
-    /// brought it back.
+    /// `since`; says whether that ejected the node or brought it back.
     #[allow(clippy::too_many_arguments)]
     pub fn finish(
         &mut self,
@@ -321,7 +320,6 @@ impl Memory {
         id: u64,
         since: Instant,
         outcome: &Outcome,
-        seen: &Seen,
         now: Instant,
     ) -> Option<Change> {
         let held = now.saturating_duration_since(since);
@@ -330,7 +328,7 @@ impl Memory {
         let Some(model) = model else { return change };
         if let Some(memory) = node_memory.models.get_mut(model) {
             memory.running.retain(|r| r.id != id);
-            memory.learned.observe(outcome, seen, held, now);
+            memory.learned.observe(outcome, held, now);
             if outcome.node_failed && memory.running.is_empty() {
                 // The node may never have loaded it: trust Meta again.
                 memory.last_sent = None;
@@ -339,8 +337,8 @@ impl Memory {
         self.fleet
             .entry(model.to_owned())
             .or_default()
-            .observe(outcome, seen, held, now);
-        self.any_model.observe(outcome, seen, held, now);
+            .observe(outcome, held, now);
+        self.any_model.observe(outcome, held, now);
         change
     }
 

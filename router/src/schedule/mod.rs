@@ -35,9 +35,9 @@
 //! them one at a time: `least-outstanding` (no queue; the router before it had a scheduler),
 //! `queue` (slots capped per node and model, the rest held at the router), `residency` (+ the
 //! cost model: never load a model where waiting is cheaper), `affinity` (+ conversation
-//! prefixes), `learned` (+ costs learned per node and model instead of defaults), `preload`
-//! (+ a model loaded on a cold node ahead of need while its queue grows, see [`preload`]; the
-//! default).
+//! prefixes), `learned` (+ costs learned per node and model instead of defaults; the default),
+//! `preload` (+ a model loaded on a cold node ahead of need while its queue grows, see
+//! [`preload`]; opt-in, as it loaded more than it saved in the benchmark's fleets).
 //!
 //! Fairness, slots and queues are per router replica: replicas do not share counts.
 
@@ -66,7 +66,7 @@ use tokio::time::Instant;
 pub use ask::{Ask, Priority, Residency, UnknownPriority, PRIORITY_HEADER};
 pub use candidates::ScheduleError;
 use decide::{decide, Decision};
-pub use learned::{Costs, Outcome, Seen, Timings};
+pub use learned::{Costs, Outcome, Timings};
 use memory::Memory;
 pub use permit::Permit;
 pub use preload::{Preload, Preloaded, Preloader};
@@ -93,9 +93,10 @@ pub enum Policy {
     /// + conversation prefixes: sticky until saturated.
     Affinity,
     /// + costs learned per node and model.
-    Learned,
-    /// + a model loaded on a cold node ahead of need while its queue grows.
     #[default]
+    Learned,
+    /// + a model loaded on a cold node ahead of need while its queue grows (opt-in: it
+    /// loaded more than it saved in the benchmark's fleets).
     Preload,
 }
 
@@ -219,12 +220,7 @@ struct Grant {
     model: Option<String>,
     key: Option<Arc<str>>,
     since: Instant,
-    /// What the router sees of the request, for learning.
-    seen: Seen,
 }
-
-/// A waiting request's node, and what the router knows of the request there.
-type Placed = (Arc<Backend>, Seen);
 
 /// The answer to a waiter, sent once the lock is released.
 type Handoff = (
@@ -407,7 +403,6 @@ impl Scheduler {
             model: None,
             key: None,
             since: Instant::now(),
-            seen: Seen::default(),
         };
         drop(state);
         self.permit(grant)
@@ -465,7 +460,6 @@ impl Scheduler {
             grant.id,
             grant.since,
             outcome,
-            &grant.seen,
             now,
         );
         if let Some(change) = change {
@@ -521,9 +515,7 @@ impl Scheduler {
             });
         }
         let mut ahead: HashMap<Option<String>, usize> = HashMap::new();
-        // Each placed waiter's index and its node (with what the router knows of it there), or
-        // why it has none.
-        let mut placed: Vec<(usize, Result<Placed, ScheduleError>)> = Vec::new();
+        let mut placed: Vec<(usize, Result<Arc<Backend>, ScheduleError>)> = Vec::new();
         let mut preloads = Vec::new();
         for index in order {
             let waiter = &state.queue[index];
@@ -541,8 +533,16 @@ impl Scheduler {
             ) {
                 Ok(Decision::Dispatch(backend)) => {
                     // Reserve at once, so the next waiter sees the slot taken.
-                    let seen = reserve(&mut state.memory, &backend, &waiter.ask, waiter.id, now);
-                    placed.push((index, Ok((backend, seen))));
+                    if let Some(residency) = &waiter.ask.residency {
+                        state.memory.dispatch(
+                            &backend,
+                            residency,
+                            waiter.ask.affinity,
+                            waiter.id,
+                            now,
+                        );
+                    }
+                    placed.push((index, Ok(backend)));
                 }
                 Ok(Decision::Wait { preload }) => {
                     *ahead.entry(model).or_default() += 1;
@@ -568,13 +568,12 @@ impl Scheduler {
                 waiter.ask.priority,
                 now.saturating_duration_since(waiter.since),
             );
-            let grant = result.map(|(backend, seen)| Grant {
+            let grant = result.map(|backend| Grant {
                 id: waiter.id,
                 backend,
                 model: waiter.ask.canonical_model().map(str::to_owned),
                 key: waiter.ask.key.clone(),
                 since: now,
-                seen,
             });
             if grant.is_err() {
                 if let Some(key) = &waiter.ask.key {
@@ -771,7 +770,11 @@ fn waiting_for(queue: &[Waiter], model: Option<&str>) -> usize {
 /// Reserves a slot on `backend` for `ask` and describes the permit.
 fn grant(state: &mut State, backend: Arc<Backend>, ask: &Ask, now: Instant) -> Grant {
     let id = next_id(state);
-    let seen = reserve(&mut state.memory, &backend, ask, id, now);
+    if let Some(residency) = &ask.residency {
+        state
+            .memory
+            .dispatch(&backend, residency, ask.affinity, id, now);
+    }
     if let Some(key) = &ask.key {
         *state.keys.entry(key.clone()).or_default() += 1;
     }
@@ -781,22 +784,6 @@ fn grant(state: &mut State, backend: Arc<Backend>, ask: &Ask, now: Instant) -> G
         model: ask.canonical_model().map(str::to_owned),
         key: ask.key.clone(),
         since: now,
-        seen,
-    }
-}
-
-/// Takes a slot on `backend` for `ask` as permit `id`, and says what the router knows of it
-/// as it goes: whether the model must be loaded there first, and the prompt's size.
-fn reserve(memory: &mut Memory, backend: &Backend, ask: &Ask, id: u64, now: Instant) -> Seen {
-    let Some(residency) = &ask.residency else {
-        return Seen::default();
-    };
-    let cold = !memory.is_resident(backend, residency, now);
-    memory.dispatch(backend, residency, ask.affinity, id, now);
-    Seen {
-        cold,
-        prompt_tokens: ask.prompt_tokens,
-        first_byte: None,
     }
 }
 

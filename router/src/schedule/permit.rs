@@ -33,16 +33,6 @@ impl Permit {
         };
     }
 
-    /// Records that a streamed answer's first byte (its first token) arrived now; the first
-    /// call counts. Without Ollama's figures in the answer, it is how the scheduler learns
-    /// load times and prefill rates.
-    pub fn first_byte(&mut self) {
-        let seen = &mut self.grant.seen;
-        if seen.first_byte.is_none() {
-            seen.first_byte = Some(self.grant.since.elapsed());
-        }
-    }
-
     /// Records that the node failed this attempt (refused, reset, busy, broke off).
     pub fn node_failed(&mut self) {
         self.outcome.node_failed = true;

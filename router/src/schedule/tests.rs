@@ -409,7 +409,7 @@ fn policies_are_named_for_the_flag() {
     for policy in Policy::ALL {
         assert_eq!(policy.name().parse::<Policy>(), Ok(policy));
     }
-    assert_eq!(Policy::default(), Policy::Preload);
+    assert_eq!(Policy::default(), Policy::Learned);
     assert!("fastest".parse::<Policy>().is_err());
     assert_eq!("Critical".parse::<Priority>(), Ok(Priority::Critical));
     assert!("urgent".parse::<Priority>().is_err());
