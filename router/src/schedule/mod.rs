@@ -95,8 +95,9 @@ pub enum Policy {
     /// + costs learned per node and model.
     #[default]
     Learned,
-    /// + a model loaded on a cold node ahead of need while its queue grows (opt-in: it
-    /// loaded more than it saved in the benchmark's fleets).
+    /// + a model loaded on a cold node ahead of need while its queue grows.
+    ///
+    /// Opt-in: in the benchmark's fleets it loaded more than it saved.
     Preload,
 }
 
