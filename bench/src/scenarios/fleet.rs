@@ -526,27 +526,26 @@ fn goals(variant: Variant, measured: &[Measured]) -> Vec<Goal> {
         Variant::Homogeneous => "homogeneous",
         _ => "heterogeneous",
     };
-    let ttft = |m: &Measured| m.result.summary().first_byte.mean.as_secs_f64();
-    let e2e = |m: &Measured| m.result.summary().latency.p99.as_secs_f64();
+    fn ttft(m: &Measured) -> f64 {
+        m.result.summary().first_byte.mean.as_secs_f64()
+    }
+    fn e2e(m: &Measured) -> f64 {
+        m.result.summary().latency.p99.as_secs_f64()
+    }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
     let percent = pressure * 100.0;
+    // A ratio to nginx least_conn that must stay within `limit`.
+    let against_nginx = |what: &str, figure: fn(&Measured) -> f64, limit: f64| {
+        let value = ratio(figure(router), figure(nginx));
+        Goal {
+            goal: goal_text(fleet, &format!("{what} ≤ {limit}× nginx least_conn")),
+            measured: format!("{value:.3}× at {percent:.0} % load"),
+            met: value <= limit,
+        }
+    };
     let mut goals = vec![
-        Goal {
-            goal: goal_text(fleet, "mean TTFT ≤ 0.2× nginx least_conn"),
-            measured: format!(
-                "{:.3}× at {percent:.0} % load",
-                ratio(ttft(router), ttft(nginx))
-            ),
-            met: ratio(ttft(router), ttft(nginx)) <= 0.2,
-        },
-        Goal {
-            goal: goal_text(fleet, "p99 end-to-end ≤ 0.3× nginx least_conn"),
-            measured: format!(
-                "{:.3}× at {percent:.0} % load",
-                ratio(e2e(router), e2e(nginx))
-            ),
-            met: ratio(e2e(router), e2e(nginx)) <= 0.3,
-        },
+        against_nginx("mean TTFT", ttft, 0.2),
+        against_nginx("p99 end-to-end", e2e, 0.3),
         Goal {
             goal: goal_text(
                 fleet,
