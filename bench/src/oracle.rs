@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -28,10 +29,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use ollama_mesh_ollama_client::{error_chain, NodeClient};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Longest a model may take to load or unload where it is placed.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest request body read (the workload's longest conversation is a few KiB).
 const MAX_BODY: usize = 16 << 20;
 
@@ -117,6 +121,8 @@ struct Oracle {
     config: OracleConfig,
     phases: Vec<Phase>,
     http: HttpClient,
+    /// Loads and unloads the placement (whole answers, bounded in time).
+    loads: NodeClient,
     state: Mutex<State>,
 }
 
@@ -148,6 +154,7 @@ pub async fn serve(listener: TcpListener, config: OracleConfig) -> Result<(), Or
         .collect();
     let oracle = Arc::new(Oracle {
         http: Client::builder(TokioExecutor::new()).build_http(),
+        loads: NodeClient::http(),
         phases,
         state: Mutex::new(State {
             phase: 0,
@@ -325,23 +332,14 @@ impl Oracle {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| error(e.to_string()))?;
-        let response = self
-            .http
-            .request(request)
+        let answer = self
+            .loads
+            .send(request, LOAD_TIMEOUT)
             .await
-            .map_err(|e| error(e.to_string()))?;
-        let status = response.status();
-        let text = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| error(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(error(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&text)
-            )));
+            .map_err(|e| error(error_chain(&e)))?;
+        if !answer.status.is_success() {
+            let text = String::from_utf8_lossy(&answer.body);
+            return Err(error(format!("{}: {text}", answer.status)));
         }
         Ok(())
     }
